@@ -1,0 +1,337 @@
+"""Autoregressive rollout and the full evaluation of a surrogate on test trajectories.
+
+`evaluate` works on callables and tensors only: `predict(u) -> u_next` is the
+baseline step (operator, plus the corrector's mean if any) and
+`sample_candidates(u, k, seed) -> (k, B, X)` draws corrected candidates for TTC.
+All fields are in physical (de-normalised) units.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from raysim.eval.metrics import bc_violation_per_sample, conservation_gap_per_sample, nrmse_per_sample
+from raysim.eval.ttc import physics_reward, select_per_sample, select_random
+
+__all__ = [
+    "METRIC_KEYS",
+    "EvalResult",
+    "candidate_seed",
+    "evaluate",
+    "rollout",
+    "ttc_rollout",
+]
+
+Step = Callable[[Tensor], Tensor]
+Sampler = Callable[[Tensor, int, int], Tensor]
+Reward = Callable[..., Tensor]
+
+METRIC_KEYS = (
+    "nrmse_one_step",
+    "nrmse_rollout",
+    "nrmse_persistence",
+    "nrmse_persistence_rollout",
+    "conservation_gap",
+    "conservation_drift",
+    "bc_violation",
+    "nrmse_ttc",
+    "nrmse_ttc_random",
+    "ttc_improvement_pct",
+    "ttc_evaluations",
+)
+_TTC_KEYS = ("nrmse_ttc", "nrmse_ttc_random", "ttc_improvement_pct", "ttc_evaluations")
+_PER_TRAJ_KEYS = (
+    "nrmse_one_step",
+    "nrmse_persistence",
+    "nrmse_rollout",
+    "nrmse_persistence_rollout",
+    "nrmse_ttc",
+    "nrmse_ttc_random",
+    "conservation_gap",
+    "conservation_drift",
+    "bc_violation",
+)
+_PER_STEP_KEYS = (
+    "nrmse_rollout",
+    "nrmse_persistence_rollout",
+    "nrmse_ttc",
+    "nrmse_ttc_random",
+    "conservation_gap",
+    "bc_violation",
+)
+_SEED_SPACE = 1 << 60  # base seeds stay below this so base + offsets fits in 63 bits
+
+
+@dataclass
+class EvalResult:
+    """Scalar metrics, per-trajectory values (for paired bootstrap) and per-step curves."""
+
+    metrics: dict[str, float]
+    per_trajectory: dict[str, np.ndarray] = field(default_factory=dict)  # each (N,)
+    per_step: dict[str, np.ndarray] = field(default_factory=dict)  # each (steps,)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly copy (arrays become lists; NaN stays float NaN)."""
+        return {
+            "metrics": dict(self.metrics),
+            "per_trajectory": {k: v.tolist() for k, v in self.per_trajectory.items()},
+            "per_step": {k: v.tolist() for k, v in self.per_step.items()},
+        }
+
+
+def _check_step_output(out: Tensor, u: Tensor, what: str) -> Tensor:
+    """Raise unless a step returned a tensor shaped like its input."""
+    if not isinstance(out, Tensor) or out.shape != u.shape:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"{what} must return a tensor shaped {tuple(u.shape)}, got {shape}")
+    return out
+
+
+def rollout(step: Step, u0: Tensor, steps: int) -> Tensor:
+    """Autoregressive rollout without gradients: u0 (B, X) -> (B, steps+1, X), frame 0 is u0."""
+    if u0.ndim != 2:
+        raise ValueError(f"u0 must be shaped (B, X), got {tuple(u0.shape)}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    frames = [u0]
+    with torch.no_grad():
+        u = u0
+        for _ in range(steps):
+            u = _check_step_output(step(u), u, "step")  # (B, X)
+            frames.append(u)
+    return torch.stack(frames, dim=1)  # (B, steps+1, X)
+
+
+def _base_seed(seed: int, stream: int) -> int:
+    """A deterministic 60-bit seed derived from (seed, stream)."""
+    state = np.random.SeedSequence([int(seed), int(stream)]).generate_state(1, dtype=np.uint64)
+    return int(state[0]) % _SEED_SPACE
+
+
+def candidate_seed(seed: int, batch_index: int, step: int, horizon: int, k: int) -> int:
+    """The seed passed to `sample_candidates` for one batch and rollout step (0-based).
+
+    base(seed) + (batch_index * horizon + step) * k: step seeds are k apart, so a
+    sampler that gives candidate j the seed `seed + j` never reuses a seed
+    across candidates, steps or batches of one evaluation.
+    """
+    return _base_seed(seed, 0) + (batch_index * horizon + step) * k
+
+
+def _draw(sample_candidates: Sampler, u: Tensor, k: int, seed: int) -> Tensor:
+    """Call the sampler and check it returned (k, B, X)."""
+    cands = sample_candidates(u, k, seed)
+    want = (k, *u.shape)
+    if not isinstance(cands, Tensor) or tuple(cands.shape) != want:
+        shape = tuple(cands.shape) if isinstance(cands, Tensor) else type(cands).__name__
+        raise ValueError(f"sample_candidates must return a tensor shaped {want}, got {shape}")
+    return cands
+
+
+def _score(reward: Reward, u: Tensor, cands: Tensor, dt: float, dx: float, nu: float | Tensor) -> Tensor:
+    """Call the reward and check it returned (K, B)."""
+    scores = reward(u, cands, dt, dx, nu)
+    if not isinstance(scores, Tensor) or scores.shape != cands.shape[:2]:
+        shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(f"reward must return a tensor shaped {tuple(cands.shape[:2])}, got {shape}")
+    return scores
+
+
+def ttc_rollout(
+    sample_candidates: Sampler,
+    u0: Tensor,
+    steps: int,
+    *,
+    k: int,
+    seeds: list[int],
+    dt: float,
+    dx: float,
+    nu: float | Tensor,
+    reward: Reward = physics_reward,
+    control_generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """TTC rollout (best reward per sample) and, with a generator, the random-choice control.
+
+    Returns (ttc (B, steps+1, X), control (B, steps+1, X) or None).  At step s
+    both paths draw k candidates with seed ``seeds[s]``.  Whenever the control's
+    state equals the TTC state (always at step 0) the very same candidates are
+    scored once and picked twice; once the paths differ, the control's
+    candidates are drawn from its own state with the same seed (common random
+    numbers), so the comparison stays paired.
+    """
+    if len(seeds) < steps:
+        raise ValueError(f"need one seed per step, got {len(seeds)} for {steps} steps")
+    u_ttc = u0  # (B, X)
+    u_ctl = u0 if control_generator is not None else None
+    path_ttc = [u0]
+    path_ctl = [u0]
+    with torch.no_grad():
+        for s in range(steps):
+            cands = _draw(sample_candidates, u_ttc, k, seeds[s])  # (K, B, X)
+            scores = _score(reward, u_ttc, cands, dt, dx, nu)  # (K, B)
+            u_next, _ = select_per_sample(cands, scores)  # (B, X)
+            if u_ctl is not None and control_generator is not None:
+                same_state = u_ctl is u_ttc or torch.equal(u_ctl, u_ttc)
+                ctl_cands = cands if same_state else _draw(sample_candidates, u_ctl, k, seeds[s])  # (K, B, X)
+                u_ctl, _ = select_random(ctl_cands, control_generator)  # (B, X)
+                path_ctl.append(u_ctl)
+            u_ttc = u_next
+            path_ttc.append(u_ttc)
+    ttc = torch.stack(path_ttc, dim=1)  # (B, steps+1, X)
+    ctl = torch.stack(path_ctl, dim=1) if control_generator is not None else None
+    return ttc, ctl
+
+
+def _prepare_nu(nu: float | Tensor, n: int) -> float | Tensor:
+    """Validate nu: a float, a 0-d tensor, or a tensor (or array) shaped (N,)."""
+    if isinstance(nu, np.ndarray):
+        nu = torch.as_tensor(nu)
+    if isinstance(nu, Tensor):
+        if nu.ndim == 0:
+            return float(nu)
+        if nu.shape != (n,):
+            raise ValueError(f"nu must be a float or a tensor shaped ({n},), got {tuple(nu.shape)}")
+        return nu
+    return float(nu)
+
+
+def evaluate(
+    trajectories: Tensor,
+    *,
+    predict: Step,
+    sample_candidates: Sampler | None,
+    dt: float,
+    dx: float,
+    nu: float | Tensor,
+    horizon: int | None = None,
+    ttc_candidates: int = 4,
+    seed: int = 0,
+    batch_size: int = 64,
+    reward: Reward = physics_reward,
+    device: torch.device | str | None = None,
+) -> EvalResult:
+    """Evaluate a step function (and optionally TTC) on trajectories (N, T, X) in physical units.
+
+    Metrics (all averaged over trajectories and, where it applies, over steps):
+
+    - ``nrmse_one_step``: teacher-forced, predict(u[t]) against u[t+1] for every t < T-1.
+    - ``nrmse_persistence``: the same with u[t+1] = u[t].
+    - ``nrmse_rollout``: autoregressive from u[0] over ``horizon`` steps (default T-1),
+      averaged over all steps and samples.
+    - ``nrmse_persistence_rollout``: holding u[0] over the horizon (compare with the rollout).
+    - ``conservation_gap`` / ``bc_violation``: on the rollout, averaged over steps;
+      ``conservation_drift``: the gap at the final step.
+    - ``nrmse_ttc``: autoregressive; each step draws K candidates and keeps, per
+      sample, the one with the highest ``reward(u, cands, dt, dx, nu)``.
+    - ``nrmse_ttc_random``: the control, a seeded random candidate per sample
+      (same candidates at equal states, same seeds otherwise; see `ttc_rollout`).
+    - ``ttc_improvement_pct`` = (nrmse_rollout - nrmse_ttc) / nrmse_rollout * 100.
+    - ``ttc_evaluations`` = K * horizon * N candidate draws.
+
+    TTC keys are NaN when ``sample_candidates`` is None.  Candidate seeds come
+    from `candidate_seed` (distinct across steps, batches and K), so results are
+    deterministic given ``seed`` and ``batch_size``.
+    """
+    if not isinstance(trajectories, Tensor):
+        trajectories = torch.as_tensor(np.asarray(trajectories))
+    if trajectories.ndim != 3:
+        raise ValueError(f"trajectories must be shaped (N, T, X), got {tuple(trajectories.shape)}")
+    n, t_len, _ = trajectories.shape
+    if n < 1 or t_len < 2:
+        raise ValueError(f"need at least one trajectory of at least 2 frames, got {tuple(trajectories.shape)}")
+    h = t_len - 1 if horizon is None else int(horizon)
+    if not 1 <= h <= t_len - 1:
+        raise ValueError(f"horizon must be in [1, {t_len - 1}], got {horizon}")
+    if ttc_candidates < 1:
+        raise ValueError(f"ttc_candidates must be >= 1, got {ttc_candidates}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    nu_all = _prepare_nu(nu, n)
+    dev = torch.device(device) if device is not None else trajectories.device
+    k = int(ttc_candidates)
+    do_ttc = sample_candidates is not None
+    control_gen = torch.Generator(device="cpu")
+    control_gen.manual_seed(_base_seed(seed, 1))
+
+    per_traj: dict[str, list[Tensor]] = {key: [] for key in _PER_TRAJ_KEYS}
+    step_sums: dict[str, Tensor] = {key: torch.zeros(h, dtype=torch.float64) for key in _PER_STEP_KEYS}
+
+    def add(key: str, err: Tensor) -> None:
+        """Record per-(sample, step) values err (B, S): mean over steps per trajectory, sum over samples per step."""
+        err = err.detach().to("cpu", torch.float64)
+        per_traj[key].append(err.mean(dim=1))  # (B,)
+        if key in step_sums:
+            step_sums[key] += err.sum(dim=0)  # (S,)
+
+    with torch.no_grad():
+        for b_idx, start in enumerate(range(0, n, batch_size)):
+            traj = trajectories[start : start + batch_size].to(dev)  # (B, T, X)
+            bsz = traj.shape[0]
+            nu_b = nu_all[start : start + bsz].to(dev) if isinstance(nu_all, Tensor) else nu_all
+
+            # Teacher-forced one-step and persistence over every frame.
+            one, pers = [], []
+            for t in range(t_len - 1):
+                u_t = traj[:, t]  # (B, X)
+                pred = _check_step_output(predict(u_t), u_t, "predict")  # (B, X)
+                one.append(nrmse_per_sample(pred, traj[:, t + 1]))  # (B,)
+                pers.append(nrmse_per_sample(u_t, traj[:, t + 1]))
+            add("nrmse_one_step", torch.stack(one, dim=1))  # (B, T-1)
+            add("nrmse_persistence", torch.stack(pers, dim=1))
+
+            # Autoregressive rollout against the truth over the horizon.
+            truth = traj[:, 1 : h + 1]  # (B, H, X)
+            roll = rollout(predict, traj[:, 0], h)[:, 1:]  # (B, H, X)
+            add("nrmse_rollout", nrmse_per_sample(roll, truth))  # (B, H)
+            add("nrmse_persistence_rollout", nrmse_per_sample(traj[:, :1].expand_as(truth), truth))
+            gap = conservation_gap_per_sample(roll, truth)  # (B, H)
+            add("conservation_gap", gap)
+            add("conservation_drift", gap[:, -1:])
+            add("bc_violation", bc_violation_per_sample(roll, truth))
+
+            # Test-time compute and its random-choice control.
+            if do_ttc:
+                assert sample_candidates is not None
+                seeds = [candidate_seed(seed, b_idx, s, h, k) for s in range(h)]
+                ttc, ctl = ttc_rollout(
+                    sample_candidates,
+                    traj[:, 0],
+                    h,
+                    k=k,
+                    seeds=seeds,
+                    dt=dt,
+                    dx=dx,
+                    nu=nu_b,
+                    reward=reward,
+                    control_generator=control_gen,
+                )
+                assert ctl is not None
+                add("nrmse_ttc", nrmse_per_sample(ttc[:, 1:], truth))
+                add("nrmse_ttc_random", nrmse_per_sample(ctl[:, 1:], truth))
+            else:
+                nan = torch.full((bsz, h), float("nan"), dtype=torch.float64)
+                add("nrmse_ttc", nan)
+                add("nrmse_ttc_random", nan)
+
+    per_trajectory = {key: torch.cat(vals).numpy() for key, vals in per_traj.items()}  # each (N,)
+    per_step = {key: (s / n).numpy() for key, s in step_sums.items()}  # each (H,)
+    metrics = {key: float(np.mean(per_trajectory[key])) for key in _PER_TRAJ_KEYS}
+    roll_err, ttc_err = metrics["nrmse_rollout"], metrics["nrmse_ttc"]
+    if do_ttc:
+        metrics["ttc_improvement_pct"] = (roll_err - ttc_err) / roll_err * 100.0 if roll_err > 0 else math.nan
+        metrics["ttc_evaluations"] = float(k * h * n)
+    else:
+        for key in _TTC_KEYS:
+            metrics[key] = math.nan
+    return EvalResult(
+        metrics={key: metrics[key] for key in METRIC_KEYS}, per_trajectory=per_trajectory, per_step=per_step
+    )

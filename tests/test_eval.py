@@ -1,0 +1,413 @@
+"""Tests for raysim.eval: metrics, rollout, TTC selection and the full evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from raysim.eval.metrics import (
+    bc_violation,
+    bc_violation_per_sample,
+    conservation_gap,
+    conservation_gap_per_sample,
+    frmse_bands,
+    nrmse,
+    nrmse_per_sample,
+)
+from raysim.eval.rollout import METRIC_KEYS, candidate_seed, evaluate, rollout, ttc_rollout
+from raysim.eval.ttc import (
+    burgers_residual,
+    burgers_tendency,
+    physics_reward,
+    select_per_sample,
+    select_random,
+)
+
+X = 32
+
+
+def grid(nx: int = X) -> torch.Tensor:
+    """Cell centres of (0, 1) with nx points, float64."""
+    return (torch.arange(nx, dtype=torch.float64) + 0.5) / nx
+
+
+def advection_trajectories(n: int = 5, t: int = 6, nx: int = X, seed: int = 0) -> torch.Tensor:
+    """Linear advection by one cell per frame: frame t = roll(u0, t); shape (n, t, nx)."""
+    g = torch.Generator().manual_seed(seed)
+    x = grid(nx)
+    amp = torch.rand(n, 2, generator=g, dtype=torch.float64) + 0.5  # (n, 2)
+    phase = torch.rand(n, 2, generator=g, dtype=torch.float64) * 2 * math.pi
+    u0 = amp[:, :1] * torch.sin(2 * math.pi * x + phase[:, :1]) + amp[:, 1:] * torch.cos(
+        4 * math.pi * x + phase[:, 1:]
+    )  # (n, nx)
+    return torch.stack([torch.roll(u0, s, dims=-1) for s in range(t)], dim=1)  # (n, t, nx)
+
+
+def exact_step(u: torch.Tensor) -> torch.Tensor:
+    """The exact step of `advection_trajectories`."""
+    return torch.roll(u, 1, dims=-1)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_nrmse_scale_invariant() -> None:
+    g = torch.Generator().manual_seed(1)
+    target = torch.randn(3, 4, X, generator=g, dtype=torch.float64)
+    target = target * torch.tensor([1e-3, 1.0, 1e3], dtype=torch.float64).view(3, 1, 1)
+    per = nrmse_per_sample(1.1 * target, target)
+    assert per.shape == (3, 4)
+    torch.testing.assert_close(per, torch.full((3, 4), 0.1, dtype=torch.float64))
+    assert nrmse(1.1 * target, target).item() == pytest.approx(0.1, rel=1e-9)
+    assert nrmse(target, target).item() == 0.0
+
+
+def test_nrmse_hand_value() -> None:
+    pred = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    target = torch.tensor([1.0, 1.0, 1.0, 1.0])
+    # sqrt((0 + 1 + 4 + 9) / 4) / 1
+    assert nrmse(pred, target).item() == pytest.approx(math.sqrt(14 / 4), rel=1e-6)
+    with pytest.raises(ValueError):
+        nrmse(pred, target[:3])
+
+
+def test_conservation_gap_shift_and_offset() -> None:
+    traj = advection_trajectories()
+    u = traj[:, 0]  # (n, X)
+    assert conservation_gap(torch.roll(u, 3, dims=-1), u).item() == pytest.approx(0.0, abs=1e-12)
+    x = grid()
+    target = torch.sin(2 * math.pi * x)  # rms = 1/sqrt(2), mean = 0
+    gap = conservation_gap_per_sample(target + 0.1, target)
+    assert gap.item() == pytest.approx(0.1 * math.sqrt(2), rel=1e-9)
+    assert conservation_gap(target.expand(2, X) - 0.1, target.expand(2, X)).item() == pytest.approx(
+        0.1 * math.sqrt(2), rel=1e-9
+    )
+
+
+def test_bc_violation_truth_zero_and_hand_values() -> None:
+    traj = advection_trajectories()
+    assert bc_violation(traj, traj).item() == 0.0
+    assert torch.all(bc_violation_per_sample(traj, traj) == 0)
+    target = torch.tensor([1.0, 0.0, 0.0, 3.0], dtype=torch.float64)  # rms sqrt(10/4), jump 2
+    r = math.sqrt(10 / 4)
+    # error only at the left cell, wrap jump smaller than the truth's: bRMSE only
+    pred = torch.tensor([2.0, 0.0, 0.0, 3.0], dtype=torch.float64)
+    assert bc_violation(pred, target).item() == pytest.approx(math.sqrt(0.5) / r, rel=1e-12)
+    # error of 2 at the right cell, jump 4 vs 2: bRMSE sqrt(2) plus excess 2
+    pred = torch.tensor([1.0, 0.0, 0.0, 5.0], dtype=torch.float64)
+    assert bc_violation(pred, target).item() == pytest.approx((math.sqrt(2) + 2) / r, rel=1e-12)
+    # interior errors do not count
+    pred = torch.tensor([1.0, 7.0, -7.0, 3.0], dtype=torch.float64)
+    assert bc_violation(pred, target).item() == 0.0
+
+
+def test_frmse_bands_single_mode() -> None:
+    x = grid(64)
+    target = torch.sin(2 * math.pi * x).expand(3, 64)
+    amp = 0.2
+    pred = target + amp * torch.cos(2 * math.pi * 3 * x)  # error only in mode 3 (low band)
+    bands = frmse_bands(pred, target)
+    assert set(bands) == {"low", "mid", "high"}
+    # |rfft|_3 / X = amp / 2, averaged over the 5 low modes 0..4
+    assert bands["low"].item() == pytest.approx(amp / 2 / 5, rel=1e-9)
+    assert bands["mid"].item() == pytest.approx(0.0, abs=1e-12)
+    assert bands["high"].item() == pytest.approx(0.0, abs=1e-12)
+    pred = target + amp * torch.cos(2 * math.pi * 20 * x)  # mode 20, high band 13..32
+    assert frmse_bands(pred, target)["high"].item() == pytest.approx(amp / 2 / 20, rel=1e-9)
+
+
+# ----------------------------------------------------------------------------- rollout
+
+
+def test_rollout_shape_and_no_grad() -> None:
+    w = torch.nn.Parameter(torch.ones(()))
+    u0 = torch.randn(3, X)
+    out = rollout(lambda u: w * exact_step(u), u0, 4)
+    assert out.shape == (3, 5, X)
+    assert not out.requires_grad
+    torch.testing.assert_close(out[:, 0], u0)
+    torch.testing.assert_close(out[:, 4], torch.roll(u0, 4, dims=-1))
+    with pytest.raises(ValueError):
+        rollout(lambda u: u[:, :-1], u0, 1)
+
+
+def test_evaluate_exact_model_beats_persistence() -> None:
+    traj = advection_trajectories(n=5, t=6)
+    res = evaluate(traj, predict=exact_step, sample_candidates=None, dt=0.1, dx=1 / X, nu=0.01, batch_size=2)
+    m = res.metrics
+    assert tuple(m) == METRIC_KEYS
+    assert m["nrmse_one_step"] < 1e-12
+    assert m["nrmse_rollout"] < 1e-12
+    assert m["conservation_gap"] < 1e-12 and m["conservation_drift"] < 1e-12
+    assert m["bc_violation"] < 1e-12
+    assert m["nrmse_persistence"] > 0.1
+    assert m["nrmse_persistence_rollout"] > m["nrmse_persistence"]  # holding frame 0 drifts further
+    for key in ("nrmse_ttc", "nrmse_ttc_random", "ttc_improvement_pct", "ttc_evaluations"):
+        assert math.isnan(m[key])
+    for key, arr in res.per_trajectory.items():
+        assert arr.shape == (5,), key
+    for key, arr in res.per_step.items():
+        assert arr.shape == (5,), key
+    # persistence error grows with the step for a shifting field
+    assert np.all(np.diff(res.per_step["nrmse_persistence_rollout"][:3]) > 0)
+    # batching does not change the answer
+    res64 = evaluate(traj, predict=exact_step, sample_candidates=None, dt=0.1, dx=1 / X, nu=0.01)
+    assert res64.metrics["nrmse_persistence"] == pytest.approx(m["nrmse_persistence"], rel=1e-12)
+
+
+def test_evaluate_horizon_and_validation() -> None:
+    traj = advection_trajectories(n=3, t=6)
+
+    def biased(u: torch.Tensor) -> torch.Tensor:
+        return exact_step(u) + 0.05
+
+    res = evaluate(traj, predict=biased, sample_candidates=None, dt=0.1, dx=1 / X, nu=torch.full((3,), 0.01), horizon=2)
+    assert res.per_step["nrmse_rollout"].shape == (2,)
+    assert res.per_step["nrmse_rollout"][1] > res.per_step["nrmse_rollout"][0]  # bias accumulates
+    assert res.metrics["conservation_drift"] > res.metrics["conservation_gap"]
+    with pytest.raises(ValueError):
+        evaluate(traj, predict=biased, sample_candidates=None, dt=0.1, dx=1 / X, nu=0.01, horizon=6)
+    with pytest.raises(ValueError):
+        evaluate(traj, predict=biased, sample_candidates=None, dt=0.1, dx=1 / X, nu=torch.ones(2))
+    with pytest.raises(ValueError):
+        evaluate(traj[0], predict=biased, sample_candidates=None, dt=0.1, dx=1 / X, nu=0.01)
+
+
+# ----------------------------------------------------------------------------- TTC selection
+
+
+def test_select_per_sample_picks_per_sample() -> None:
+    candidates = torch.arange(3 * 2 * 4, dtype=torch.float32).view(3, 2, 4)  # (K, B, X)
+    scores = torch.tensor([[0.0, 5.0], [1.0, 2.0], [3.0, -1.0]])  # sample 0 best k=2, sample 1 best k=0
+    chosen, index = select_per_sample(candidates, scores)
+    assert index.tolist() == [2, 0]
+    torch.testing.assert_close(chosen, torch.stack([candidates[2, 0], candidates[0, 1]]))
+    # a NaN score or a non-finite candidate never wins
+    scores_nan = torch.tensor([[float("nan"), 5.0], [1.0, 2.0], [0.5, -1.0]])
+    bad = candidates.clone()
+    bad[0, 1, 0] = float("inf")
+    _, index = select_per_sample(bad, scores_nan)
+    assert index.tolist() == [1, 1]
+
+
+def test_select_random_seeded_per_sample() -> None:
+    candidates = torch.randn(4, 64, X)
+    _, i1 = select_random(candidates, torch.Generator().manual_seed(3))
+    c2, i2 = select_random(candidates, torch.Generator().manual_seed(3))
+    _, i3 = select_random(candidates, torch.Generator().manual_seed(4))
+    assert torch.equal(i1, i2)
+    assert not torch.equal(i1, i3)
+    assert len(set(i1.tolist())) > 1  # a choice per sample, not one per batch
+    torch.testing.assert_close(c2, candidates[i2, torch.arange(64)])
+
+
+def noisy_sampler(u: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """Exact step plus seeded noise of a random level per candidate and sample: (k, B, X)."""
+    g = torch.Generator().manual_seed(seed)
+    level = torch.rand(k, u.shape[0], 1, generator=g, dtype=u.dtype)  # (k, B, 1)
+    noise = torch.randn(k, *u.shape, generator=g, dtype=u.dtype)  # (k, B, X)
+    return exact_step(u).unsqueeze(0) + 0.3 * level * noise
+
+
+def oracle_reward(u: torch.Tensor, cands: torch.Tensor, dt: float, dx: float, nu: object) -> torch.Tensor:
+    """A reward that knows the answer: minus the squared error to the exact step, (K, B)."""
+    return -((cands - exact_step(u).unsqueeze(0)) ** 2).mean(dim=-1)
+
+
+def test_ttc_oracle_picks_the_exact_candidate_per_sample() -> None:
+    traj = advection_trajectories(n=6, t=5)
+
+    def sampler(u: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+        # candidate j is exact for the samples with b % k == j, garbage for the others
+        cands = exact_step(u).unsqueeze(0).repeat(k, 1, 1) + 5.0  # (k, B, X)
+        for b in range(u.shape[0]):
+            cands[b % k, b] = exact_step(u[b])
+        return cands
+
+    res = evaluate(
+        traj,
+        predict=lambda u: exact_step(u) + 0.1,
+        sample_candidates=sampler,
+        dt=0.1,
+        dx=1 / X,
+        nu=0.01,
+        ttc_candidates=3,
+        reward=oracle_reward,
+        batch_size=4,
+    )
+    m = res.metrics
+    assert m["nrmse_ttc"] < 1e-12  # every sample found its own exact candidate
+    assert m["nrmse_ttc_random"] > 1.0
+    assert m["ttc_improvement_pct"] == pytest.approx(100.0)
+    assert m["ttc_evaluations"] == 3 * 4 * 6
+
+
+def test_ttc_oracle_beats_random_control() -> None:
+    traj = advection_trajectories(n=8, t=5)
+    res = evaluate(
+        traj,
+        predict=exact_step,
+        sample_candidates=noisy_sampler,
+        dt=0.1,
+        dx=1 / X,
+        nu=0.01,
+        ttc_candidates=4,
+        reward=oracle_reward,
+        seed=7,
+    )
+    assert res.metrics["nrmse_ttc"] < res.metrics["nrmse_ttc_random"]
+    assert np.all(res.per_trajectory["nrmse_ttc"] <= res.per_trajectory["nrmse_ttc_random"] + 1e-12)
+
+
+def test_ttc_never_worse_than_worst_candidate() -> None:
+    traj = advection_trajectories(n=6, t=2)
+    k, seed = 5, 11
+    res = evaluate(
+        traj,
+        predict=exact_step,
+        sample_candidates=noisy_sampler,
+        dt=0.1,
+        dx=1 / X,
+        nu=0.01,
+        ttc_candidates=k,
+        seed=seed,
+        horizon=1,
+    )  # physics reward, no knowledge of the truth
+    cands = noisy_sampler(traj[:, 0], k, candidate_seed(seed, 0, 0, 1, k))  # the candidates TTC drew
+    err = nrmse_per_sample(cands, traj[:, 1].unsqueeze(0).expand_as(cands))  # (K, N)
+    got = torch.from_numpy(res.per_trajectory["nrmse_ttc"])
+    assert torch.all(got <= err.max(dim=0).values + 1e-12)
+    assert torch.all(got >= err.min(dim=0).values - 1e-12)
+    assert torch.all(torch.from_numpy(res.per_trajectory["nrmse_ttc_random"]) <= err.max(dim=0).values + 1e-12)
+
+
+class RecordingSampler:
+    """Wraps a sampler and records every (seed, state, candidates) call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, u: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+        out = noisy_sampler(u, k, seed)
+        self.calls.append((seed, u.clone(), out.clone()))
+        return out
+
+
+def test_control_uses_the_same_candidates_and_seeds_are_distinct() -> None:
+    traj = advection_trajectories(n=4, t=4)
+    u0 = traj[:, 0]
+    k = 4
+    seeds = [candidate_seed(0, 0, s, 3, k) for s in range(3)]
+    rec = RecordingSampler()
+    ttc, ctl = ttc_rollout(
+        rec, u0, 3, k=k, seeds=seeds, dt=0.1, dx=1 / X, nu=0.01, control_generator=torch.Generator().manual_seed(0)
+    )
+    assert ctl is not None and ttc.shape == ctl.shape == (4, 4, X)
+    # step 0: generated once, picked twice
+    step0 = [c for c in rec.calls if c[0] == seeds[0]]
+    assert len(step0) == 1
+    cands0 = step0[0][2]  # (K, B, X)
+    for b in range(4):
+        assert any(torch.equal(ctl[b, 1], cands0[j, b]) for j in range(k))
+        assert any(torch.equal(ttc[b, 1], cands0[j, b]) for j in range(k))
+    # later steps: the control draws with the very same seed as TTC (common random numbers)
+    for s in (1, 2):
+        assert 1 <= len([c for c in rec.calls if c[0] == seeds[s]]) <= 2
+    assert {c[0] for c in rec.calls} == set(seeds)
+
+    # seeds are distinct across steps, batches and candidates (seed + j)
+    all_seeds = [candidate_seed(0, b, s, 10, k) + j for b in range(3) for s in range(10) for j in range(k)]
+    assert len(set(all_seeds)) == len(all_seeds)
+    assert candidate_seed(0, 0, 0, 10, k) != candidate_seed(1, 0, 0, 10, k)
+
+
+def test_evaluate_ttc_deterministic_and_seed_dependent() -> None:
+    traj = advection_trajectories(n=5, t=4)
+    kwargs = dict(predict=exact_step, dt=0.1, dx=1 / X, nu=0.01, ttc_candidates=3, batch_size=2)
+    rec_a, rec_b, rec_c = RecordingSampler(), RecordingSampler(), RecordingSampler()
+    a = evaluate(traj, sample_candidates=rec_a, seed=0, **kwargs)
+    b = evaluate(traj, sample_candidates=rec_b, seed=0, **kwargs)
+    c = evaluate(traj, sample_candidates=rec_c, seed=1, **kwargs)
+    assert a.metrics == b.metrics
+    assert [x[0] for x in rec_a.calls] == [x[0] for x in rec_b.calls]
+    assert all(torch.equal(x[2], y[2]) for x, y in zip(rec_a.calls, rec_b.calls, strict=True))
+    assert not set(x[0] for x in rec_a.calls) & set(x[0] for x in rec_c.calls)
+    assert not torch.equal(rec_a.calls[0][2], rec_c.calls[0][2])
+    assert a.metrics["nrmse_ttc"] != c.metrics["nrmse_ttc"]
+    # one TTC draw per (batch, step); the control adds at most as many again
+    n_batches, steps = 3, 3
+    assert len({x[0] for x in rec_a.calls}) == n_batches * steps
+    assert a.metrics["ttc_evaluations"] == 3 * steps * 5
+
+
+# ----------------------------------------------------------------------------- physics reward
+
+
+def burgers_setup(nx: int = 128) -> tuple[torch.Tensor, float, float]:
+    """Two smooth periodic states (2, nx), dx and nu."""
+    x = grid(nx)
+    u = torch.stack([torch.sin(2 * math.pi * x) + 0.5 * torch.cos(4 * math.pi * x), 0.8 * torch.cos(2 * math.pi * x)])
+    return u, 1.0 / nx, 0.05
+
+
+def true_step(u: torch.Tensor, dt: float, dx: float, nu: float, substeps: int = 20) -> torch.Tensor:
+    """Integrate the PDE over dt by tiny explicit Euler substeps (spectral derivatives)."""
+    h = dt / substeps
+    for _ in range(substeps):
+        u = u + h * burgers_tendency(u, dx, nu, method="spectral")
+    return u
+
+
+@pytest.mark.parametrize("method", ["central", "spectral"])
+def test_burgers_residual_true_step_small(method: str) -> None:
+    u, dx, nu = burgers_setup()
+    dt = 1e-4
+    u_next = true_step(u, dt, dx, nu)
+    good = burgers_residual(u, u_next, dt, dx, nu, method=method)
+    assert good.shape == (2,)
+    assert torch.all(good < 1e-2)
+    perturbed = u_next + 1e-3 * torch.randn(
+        u_next.shape, generator=torch.Generator().manual_seed(0), dtype=u_next.dtype
+    )
+    bad = burgers_residual(u, perturbed, dt, dx, nu, method=method)
+    assert torch.all(bad > 100 * good)
+    # persistence misses N(u) entirely: the residual is exactly -N(u)
+    torch.testing.assert_close(burgers_residual(u, u, dt, dx, nu, method=method), torch.ones(2, dtype=u.dtype))
+
+
+def test_physics_reward_prefers_the_true_step_per_sample() -> None:
+    u, dx, nu = burgers_setup()
+    dt = 1e-4
+    u_next = true_step(u, dt, dx, nu)
+    g = torch.Generator().manual_seed(1)
+    cands = u_next.unsqueeze(0) + 1e-3 * torch.randn(3, *u.shape, generator=g, dtype=u.dtype)  # (K, B, X)
+    cands[2, 0] = u_next[0]
+    cands[0, 1] = u_next[1]
+    scores = physics_reward(u, cands, dt, dx, torch.tensor([nu, nu]))
+    assert scores.shape == (3, 2)
+    _, index = select_per_sample(cands, scores)
+    assert index.tolist() == [2, 0]
+    # the conservation term penalises a constant offset, which the residual alone also sees
+    shifted = physics_reward(u, (u_next + 1e-3).unsqueeze(0), dt, dx, nu, conservation_weight=1.0)
+    plain = physics_reward(u, (u_next + 1e-3).unsqueeze(0), dt, dx, nu, conservation_weight=0.0)
+    assert torch.all(shifted < plain)
+
+
+def test_evaluate_float32_with_physics_reward_and_nu_per_trajectory() -> None:
+    traj = advection_trajectories(n=3, t=4).float()
+    res = evaluate(
+        traj,
+        predict=lambda u: exact_step(u) + 0.01,  # not exact, so ttc_improvement_pct is defined
+        sample_candidates=noisy_sampler,
+        dt=0.1,
+        dx=1 / X,
+        nu=np.array([0.01, 0.02, 0.05]),
+        ttc_candidates=2,
+        device="cpu",
+    )
+    assert all(math.isfinite(v) for v in res.metrics.values())
+    assert res.per_trajectory["nrmse_ttc"].dtype == np.float64
+    assert res.to_dict()["per_step"]["nrmse_ttc"] == res.per_step["nrmse_ttc"].tolist()
