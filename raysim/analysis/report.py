@@ -1,0 +1,539 @@
+"""The study report, rebuilt from storage alone: markdown, CSV, plot and hypotheses.json, written atomically."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from raysim.analysis import storage
+from raysim.analysis.cost import study_cost, trial_cost
+from raysim.analysis.hypotheses import bootstrap_mean_ci, evaluate_hypotheses
+from raysim.analysis.load import (
+    PER_STEP_FILE,
+    PER_TRAJECTORY_FILE,
+    load_results,
+    load_study,
+    results_frame,
+    stack_arrays,
+)
+from raysim.analysis.milestones import MILESTONES, check_milestones
+
+REPORT_DIR = "report"
+REPORT_FILES = ("ablation_report.md", "architecture_comparison.csv", "architecture_comparison.png", "hypotheses.json")
+ERROR_METRICS = (
+    "nrmse_one_step",
+    "nrmse_rollout",
+    "nrmse_persistence",
+    "nrmse_persistence_rollout",
+    "nrmse_ttc",
+    "nrmse_ttc_random",
+    "ttc_improvement_pct",
+)
+PHYSICS_METRICS = (
+    "conservation_gap",
+    "conservation_drift",
+    "bc_violation",
+    "operator_final_loss",
+    "diffusion_final_loss",
+    "ttc_evaluations",
+    "train_seconds",
+    "samples_per_second",
+)
+ARCH_COLUMNS = ("processor", "tokens", "attention", "latent_dim", "depth", "heads")
+PERSISTENCE_OF = {
+    "nrmse_rollout": "nrmse_persistence_rollout",
+    "nrmse_ttc": "nrmse_persistence_rollout",
+    "nrmse_ttc_random": "nrmse_persistence_rollout",
+    "nrmse_one_step": "nrmse_persistence",
+}
+MARKS = {True: "✅", False: "❌", None: "–"}
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    """A number for a table: 4 significant digits, '–' when missing."""
+    if value is None or isinstance(value, str):
+        return value or "–"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if not math.isfinite(number):
+        return "–" if math.isnan(number) else str(number)
+    return f"{number:.{digits}g}"
+
+
+def _fmt_int(value: Any) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    return f"{int(number):,}" if math.isfinite(number) else "–"
+
+
+def _mean_std(values: pd.Series) -> str:
+    """`mean` or `mean ± std` (several seeds) of the finite values."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if not len(finite):
+        return "–"
+    if len(finite) == 1:
+        return _fmt(finite[0])
+    return f"{_fmt(finite.mean())} ± {_fmt(finite.std(ddof=1), 2)}"
+
+
+def _first_line(text: Any, limit: int = 200) -> str:
+    lines = [line for line in str(text or "").strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else "no message")[:limit]
+
+
+def _table(rows: list[list[Any]], headers: list[str]) -> str:
+    """A GitHub markdown table; pipes inside cells are escaped."""
+    cells = [[str(cell).replace("|", "\\|") for cell in row] for row in rows]
+    return tabulate(cells, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def hypothesis_table(results: list[dict[str, Any]]) -> str:
+    """The hypothesis verdicts as a terminal table."""
+    rows = []
+    for r in results:
+        low, high = r.get("ci") or [None, None]
+        reference = r.get("reference") or f"fixed {_fmt(r.get('reference_value'))}"
+        rows.append(
+            [
+                r.get("id"),
+                r.get("verdict"),
+                r.get("candidate"),
+                reference,
+                _fmt(r.get("ratio")),
+                f"[{_fmt(low)}, {_fmt(high)}]" if low is not None else "–",
+                r.get("threshold"),
+                r.get("reason"),
+            ]
+        )
+    headers = ["id", "verdict", "candidate", "reference", "ratio", "95% CI", "pass if", "reason"]
+    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True, maxcolwidths=[*[None] * 7, 60])
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def _arm_order(study: Mapping[str, Any], df: pd.DataFrame) -> list[str]:
+    matrix = study.get("matrix") or {}
+    arms = [str(a) for a in study.get("arms") or list(matrix.get("arms") or {})]
+    return arms + [a for a in dict.fromkeys(df["arm"].astype(str)) if a not in arms]
+
+
+def _finished(df: pd.DataFrame, arm: str) -> pd.DataFrame:
+    return df[(df["arm"] == arm) & (df["status"] == "finished")]
+
+
+def _config_value(df: pd.DataFrame, arm: str, key: str) -> str:
+    column = f"config.model.{key}"
+    if column not in df.columns:
+        return "–"
+    values = [v for v in df.loc[df["arm"] == arm, column] if v is not None and not pd.isna(v)]
+    return str(values[0]) if values else "–"
+
+
+def _metric_columns(df: pd.DataFrame) -> list[str]:
+    skip = {"arm", "seed", "status", "error", "profile", "node", "wall_seconds"}
+    return [c for c in df.columns if c not in skip and not c.startswith("config.")]
+
+
+def _persistence_metric(metric: str, df: pd.DataFrame) -> str | None:
+    for name in (PERSISTENCE_OF.get(metric), "nrmse_persistence"):
+        if name and name in df.columns and np.isfinite(np.asarray(df[name], dtype=np.float64)).any():
+            return name if metric.startswith("nrmse") else None
+    return None
+
+
+def _interval(
+    arm: str, per_traj: Mapping[str, np.ndarray], df: pd.DataFrame, metric: str, n_boot: int
+) -> tuple[float, float, float] | None:
+    """Mean of `metric` for an arm with a bootstrap 95% interval (trajectories, else seeds), or None."""
+    if arm in per_traj and np.all(np.isfinite(per_traj[arm])):
+        return bootstrap_mean_ci(per_traj[arm], n_boot=n_boot)
+    values = np.asarray(_finished(df, arm)[metric], dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) > 1:
+        return bootstrap_mean_ci(values[:, None], n_boot=n_boot)
+    if len(values) == 1:
+        return float(values[0]), math.nan, math.nan
+    return None
+
+
+# --------------------------------------------------------------------------- plot
+
+
+def _plot(
+    arms: list[str],
+    df: pd.DataFrame,
+    metric: str,
+    per_traj: Mapping[str, np.ndarray],
+    per_step: Mapping[str, np.ndarray],
+    persistence_steps: Mapping[str, np.ndarray],
+    n_boot: int,
+) -> bytes:
+    """The comparison figure as PNG bytes: study metric per arm (left), nRMSE per rollout step (right)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 4.8), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    colors = [f"C{i % 10}" for i in range(len(arms))]
+    shown = []
+    for i, arm in enumerate(arms):
+        interval = _interval(arm, per_traj, df, metric, n_boot)
+        if interval is None:
+            continue
+        mean, low, high = interval
+        error = [[mean - low], [high - mean]] if math.isfinite(low) else None
+        left.bar(i, mean, color=colors[i], yerr=error, capsize=5)
+        shown.append(i)
+    left.set_xticks(range(len(arms)), arms, rotation=20, ha="right")
+    persistence = _persistence_metric(metric, df)
+    if persistence is not None:
+        values = np.asarray(df.loc[df["status"] == "finished", persistence], dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if len(values):
+            left.axhline(values.mean(), color="k", linestyle="--", label=f"persistence ({persistence})")
+            left.legend(loc="best")
+    left.set_ylabel(metric)
+    left.set_title(f"{metric} per arm (bootstrap 95% CI)" if shown else f"{metric}: no finished arm")
+
+    plotted = False
+    for i, arm in enumerate(arms):
+        if arm in per_step and per_step[arm].size:
+            curve = np.nanmean(per_step[arm], axis=0)  # (steps,)
+            right.plot(np.arange(1, len(curve) + 1), curve, color=colors[i], label=arm)
+            plotted = True
+    if persistence_steps:
+        stacked = [np.nanmean(a, axis=0) for a in persistence_steps.values() if a.size]
+        if stacked and len({len(c) for c in stacked}) == 1:
+            curve = np.nanmean(np.stack(stacked), axis=0)
+            right.plot(np.arange(1, len(curve) + 1), curve, "k--", label="persistence")
+            plotted = True
+    if plotted:
+        right.set_yscale("log")
+        right.legend(loc="best", fontsize="small")
+        right.set_title("nRMSE per rollout step")
+    else:
+        right.set_title("no per-step data")
+    right.set_xlabel("rollout step")
+    right.set_ylabel("nRMSE")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _arms_section(arms: list[str], df: pd.DataFrame, arm_cfgs: Mapping[str, Any], seeds: list[int]) -> list[str]:
+    rows = []
+    for arm in arms:
+        rows_arm = df[df["arm"] == arm]
+        done = len(_finished(df, arm))
+        planned = len(seeds) or len(rows_arm)
+        description = (arm_cfgs.get(arm) or {}).get("description", "")
+        rows.append(
+            [
+                arm,
+                *[_config_value(df, arm, key) for key in ARCH_COLUMNS],
+                _fmt_int(_finished(df, arm)["params"].mean()) if done else "–",
+                _fmt(_finished(df, arm)["flops_per_sample"].mean(), 3)
+                if done and "flops_per_sample" in df.columns
+                else "–",
+                f"{done}/{planned}",
+                description,
+            ]
+        )
+    headers = ["arm", *ARCH_COLUMNS, "params", "FLOPs/sample", "finished", "description"]
+    return ["## Arms", "", _table(rows, headers), ""]
+
+
+def _metrics_section(
+    arms: list[str],
+    df: pd.DataFrame,
+    metric: str,
+    arm_cfgs: Mapping[str, Any],
+    n_boot: int,
+    per_traj: Mapping[str, np.ndarray],
+) -> list[str]:
+    note = f"Study metric: `{metric}`. Values are means over finished seeds (± std across seeds)."
+    lines = ["## Metrics", "", note, ""]
+    error_cols = [m for m in ERROR_METRICS if m in df.columns]
+    rows = []
+    for arm in arms:
+        fin = _finished(df, arm)
+        interval = _interval(arm, per_traj, df, metric, n_boot)
+        ci = f"[{_fmt(interval[1])}, {_fmt(interval[2])}]" if interval and math.isfinite(interval[1]) else "–"
+        reference = ((arm_cfgs.get(arm) or {}).get("reference_values") or {}).get(metric)
+        rows.append([arm, *[_mean_std(fin[m]) for m in error_cols], ci, _fmt(reference)])
+    headers = ["arm", *error_cols, f"{metric} 95% CI", f"{metric} reference (earlier phase)"]
+    lines += ["### Errors (persistence, TTC and its random-choice control beside the model)", ""]
+    lines += [_table(rows, headers), ""]
+    listed = {*ERROR_METRICS, "params", "flops_per_sample", "gpu_hours"}
+    physics_cols = [m for m in PHYSICS_METRICS if m in df.columns]
+    physics_cols += sorted(m for m in _metric_columns(df) if m not in listed and m not in physics_cols)
+    rows = [[arm, *[_mean_std(_finished(df, arm)[m]) for m in physics_cols]] for arm in arms]
+    lines += ["### Physics and training", "", _table(rows, ["arm", *physics_cols]), ""]
+    return lines
+
+
+def _references_section(arms: list[str], df: pd.DataFrame, arm_cfgs: Mapping[str, Any]) -> list[str]:
+    rows = []
+    for arm in arms:
+        for name, reference in ((arm_cfgs.get(arm) or {}).get("reference_values") or {}).items():
+            fin = _finished(df, arm)
+            measured = np.asarray(fin[name], dtype=np.float64) if name in fin.columns else np.array([])
+            measured = measured[np.isfinite(measured)]
+            value = float(measured.mean()) if len(measured) else math.nan
+            ratio = value / reference if len(measured) and reference else math.nan
+            rows.append([arm, name, _fmt(reference), _fmt(value), _fmt(ratio)])
+    if not rows:
+        return []
+    headers = ["arm", "metric", "reference value (earlier phase)", "measured here", "measured / reference"]
+    return ["### Reference values of earlier phases", "", _table(rows, headers), ""]
+
+
+def _milestones_section(results: list[dict[str, Any]], checks: list[list[dict[str, Any]]]) -> list[str]:
+    lines = ["## Milestones", "", "✅ passed, ❌ failed, – not checked or not applicable.", ""]
+    if not results:
+        return [*lines, "No trials yet.", ""]
+    rows = []
+    failures = []
+    for r, trial_checks in zip(results, checks, strict=True):
+        by_name = {c["name"]: c for c in trial_checks}
+        rows.append([f"{r['arm']} seed {r['seed']}", *[MARKS[by_name[n]["passed"]] for n in MILESTONES]])
+        trial = f"{r['arm']} seed {r['seed']}"
+        failures += [f"- {trial}, {c['name']}: {c['detail']}" for c in trial_checks if c["passed"] is False]
+    lines += [_table(rows, ["trial", *MILESTONES]), ""]
+    if failures:
+        lines += ["Failed checks:", "", *failures, ""]
+    details = [
+        f"- {r['arm']} seed {r['seed']}: " + "; ".join(f"{c['name']}: {c['detail']}" for c in trial_checks)
+        for r, trial_checks in zip(results, checks, strict=True)
+    ]
+    lines += ["<details><summary>All checks</summary>", "", *details, "", "</details>", ""]
+    return lines
+
+
+def _hypotheses_section(hypotheses: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Hypotheses", ""]
+    if not hypotheses:
+        return [*lines, "The matrix names no hypotheses.", ""]
+    rows = []
+    for h in hypotheses:
+        low, high = h["ci"]
+        reference = h["reference"] if h["reference_kind"] == "arm" else "fixed value"
+        rows.append(
+            [
+                h["id"],
+                h["description"],
+                h["candidate"],
+                reference,
+                h["reference_kind"],
+                _fmt(h["candidate_value"]),
+                _fmt(h["reference_value"]),
+                _fmt(h["ratio"]),
+                f"[{_fmt(low)}, {_fmt(high)}]" if low is not None else "–",
+                h["threshold"],
+                f"{h['n_trajectories']} / {h['n_seeds']}",
+                f"**{h['verdict']}**",
+            ]
+        )
+    headers = [
+        "id",
+        "hypothesis",
+        "candidate",
+        "reference",
+        "reference is",
+        "candidate value",
+        "reference value",
+        "ratio",
+        "95% CI",
+        "pass if",
+        "trajectories / seeds",
+        "verdict",
+    ]
+    lines += [_table(rows, headers), ""]
+    lines += [f"- {h['id']} ({h['metric']}, {h['test']}): {h['reason']}" for h in hypotheses]
+    lines += [
+        "",
+        "Ratio = candidate / reference of the mean metric; the interval is a paired bootstrap over test "
+        "trajectories (and seeds when there are several). PASS needs the whole interval on the right side of "
+        "the threshold, FAIL the whole interval on the wrong side; anything else is INCONCLUSIVE.",
+        "",
+    ]
+    return lines
+
+
+def _cost_section(results: list[dict[str, Any]], arms: list[str]) -> list[str]:
+    cost = study_cost(results)
+    rates = sorted({trial_cost(r)["cost_per_gpu_hour"] for r in results})
+    rows = [
+        [arm, c["trials"], _fmt(c["gpu_hours"], 3), f"${c['usd']:.2f}"]
+        for arm in arms
+        if (c := cost["per_arm"].get(arm))
+    ]
+    rows.append(["total", cost["trials"], _fmt(cost["gpu_hours"], 3), f"${cost['usd']:.2f}"])
+    wall = sum(float(r.get("wall_seconds") or 0) for r in results)
+    rate = ", ".join(f"${r:g}" for r in rates) or "–"
+    return [
+        "## Cost",
+        "",
+        f"GPU hours x cost_per_gpu_hour ({rate}/GPU-hour, from the trials' resources); "
+        f"total trial wall time {wall / 3600:.2f} h.",
+        "",
+        _table(rows, ["arm", "trials", "GPU hours", "USD"]),
+        "",
+    ]
+
+
+def _wandb_section(results: list[dict[str, Any]]) -> list[str]:
+    rows = [
+        [f"{r['arm']} seed {r['seed']}", *[(r.get("wandb") or {}).get(s) or "–" for s in ("operator", "diffusion")]]
+        for r in results
+        if any((r.get("wandb") or {}).values())
+    ]
+    if not rows:
+        return ["## W&B runs", "", "No W&B runs recorded.", ""]
+    return ["## W&B runs", "", _table(rows, ["trial", "operator", "diffusion"]), ""]
+
+
+def _failures_section(results: list[dict[str, Any]], arms: list[str], seeds: list[int]) -> list[str]:
+    lines = ["## Failed, running and missing trials", ""]
+    present = {(str(r["arm"]), int(r["seed"])) for r in results}
+    items = []
+    for r in results:
+        trial = f"{r['arm']} seed {r['seed']}"
+        if r.get("status") == "error":
+            items.append(f"- {trial}: **error** on {r.get('node') or 'unknown node'}: {_first_line(r.get('error'))}")
+        elif r.get("status") == "running":
+            items.append(f"- {trial}: running (no result yet)")
+    items += [
+        f"- {arm} seed {seed}: missing (no trial folder)"
+        for arm in arms
+        for seed in seeds
+        if (arm, int(seed)) not in present
+    ]
+    done = {str(r["arm"]) for r in results if r.get("status") == "finished"}
+    failed_arms = [arm for arm in arms if arm not in done]
+    if failed_arms:
+        items.append("- arms without any finished trial: " + ", ".join(failed_arms))
+    return [*lines, *(items or ["None: every trial finished."]), ""]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _csv(df: pd.DataFrame, results: list[dict[str, Any]]) -> str:
+    """One row per arm and seed: identity, architecture, metrics, cost, node and error."""
+    arch = [f"config.model.{k}" for k in ARCH_COLUMNS if f"config.model.{k}" in df.columns]
+    table = df[["arm", "seed", "status", *arch, *_metric_columns(df), "wall_seconds", "node", "error"]].copy()
+    table = table.rename(columns={c: c.removeprefix("config.model.") for c in arch})
+    costs = [trial_cost(r) for r in results]
+    table["gpu_hours"] = [c["gpu_hours"] for c in costs]
+    table["usd"] = [c["usd"] for c in costs]
+    return table.to_csv(index=False)
+
+
+def build_report(
+    study_dir: str | os.PathLike[str],
+    load_checkpoint: Callable[[str], bool] | None = None,
+    n_boot: int = 2000,
+) -> dict[str, Any]:
+    """Everything the report shows, from storage: the DataFrame, hypotheses, milestones, markdown, CSV, PNG."""
+    study = load_study(study_dir)
+    results = load_results(study_dir)
+    df = results_frame(results)
+    matrix = study.get("matrix") or {}
+    metric = matrix.get("metric") or "nrmse_rollout"
+    arm_cfgs = matrix.get("arms") or {}
+    seeds = [int(s) for s in study.get("seeds") or []]
+    arms = _arm_order(study, df)
+    hypotheses_cfg = matrix.get("hypotheses") or []
+
+    metrics_needed = {metric, *[h.get("metric") or metric for h in hypotheses_cfg]}
+    per_traj = {m: stack_arrays(results, PER_TRAJECTORY_FILE, m) for m in metrics_needed}
+    hypotheses = []
+    for h in hypotheses_cfg:
+        h_metric = h.get("metric") or metric
+        hypotheses += evaluate_hypotheses(df, [h], per_traj=per_traj[h_metric], metric=h_metric, n_boot=n_boot)
+    checks = [check_milestones(r, load_checkpoint=load_checkpoint) for r in results]
+
+    name = study.get("name") or Path(str(study_dir).rstrip("/")).name
+    profile = study.get("profile") or next((r.get("profile") for r in results if r.get("profile")), None)
+    header = [
+        f"# Ablation report: {name}",
+        "",
+        f"- Profile: `{profile or 'unknown'}`",
+        f"- Study metric: `{metric}`",
+        f"- Seeds: {', '.join(map(str, seeds)) or '–'}",
+        f"- Trials: {len(results)} found, {sum(r.get('status') == 'finished' for r in results)} finished",
+        f"- Created: {study.get('created') or '–'}; report built {datetime.now(UTC).isoformat(timespec='seconds')}",
+        f"- Storage: `{study_dir}`",
+        "",
+    ]
+    if matrix.get("description"):
+        header[1:1] = ["", str(matrix["description"]).strip()]
+    if not study:
+        header += ["study.json is missing: arms, seeds and hypotheses come from the trials alone.", ""]
+    lines = [
+        *header,
+        *_hypotheses_section(hypotheses),
+        *_arms_section(arms, df, arm_cfgs, seeds),
+        *_metrics_section(arms, df, metric, arm_cfgs, n_boot, per_traj[metric]),
+        *_references_section(arms, df, arm_cfgs),
+        "![architecture comparison](architecture_comparison.png)",
+        "",
+        *_milestones_section(results, checks),
+        *_cost_section(results, arms),
+        *_wandb_section(results),
+        *_failures_section(results, arms, seeds),
+    ]
+    per_step = stack_arrays(results, PER_STEP_FILE, "nrmse_rollout")
+    persistence_steps = stack_arrays(results, PER_STEP_FILE, "nrmse_persistence")
+    png = _plot(arms, df, metric, per_traj[metric], per_step, persistence_steps, n_boot)
+    return {
+        "frame": df,
+        "hypotheses": hypotheses,
+        "milestones": checks,
+        "markdown": "\n".join(lines),
+        "csv": _csv(df, results),
+        "png": png,
+    }
+
+
+def write_report(
+    study_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    load_checkpoint: Callable[[str], bool] | None = None,
+    n_boot: int = 2000,
+) -> Path | str:
+    """Write the four report files (default `<study>/report/`), each atomically; return the folder."""
+    report = build_report(study_dir, load_checkpoint=load_checkpoint, n_boot=n_boot)
+    out = str(out_dir) if out_dir is not None else storage.join(study_dir, REPORT_DIR)
+    storage.write_bytes_atomic(storage.join(out, "architecture_comparison.png"), report["png"])
+    storage.write_text_atomic(storage.join(out, "architecture_comparison.csv"), report["csv"])
+    storage.write_text_atomic(
+        storage.join(out, "hypotheses.json"),
+        json.dumps(storage.to_jsonable(report["hypotheses"]), indent=2, allow_nan=False) + "\n",
+    )
+    storage.write_text_atomic(storage.join(out, "ablation_report.md"), report["markdown"])
+    return out if storage.is_uri(out) else Path(out)
