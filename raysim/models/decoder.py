@@ -1,0 +1,48 @@
+"""Decoder: queries at arbitrary x cross-attend to the latent tokens, one value per query."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from raysim.models.layers import MLP, CrossAttention, fourier_features, periodic_length
+
+
+class CrossAttentionDecoder(nn.Module):
+    """latent (B, N, D), x_query (Q,) or (B, Q) -> (B, Q): one (normalised) value per query point.
+
+    A query is the embedded Fourier features of its coordinate; it attends to
+    the tokens, passes an MLP and a linear head. `length` is the periodic
+    domain length; when omitted it is inferred from x_query, which must then be
+    a uniform grid (for scattered queries pass the input grid's length).
+    """
+
+    def __init__(self, dim: int, heads: int, fourier_features: int, mlp_ratio: float):
+        super().__init__()
+        self.dim, self.frequencies = dim, fourier_features
+        self.query_embed = MLP(2 * fourier_features, dim, dim)
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.cross = CrossAttention(dim, heads)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), dim)
+        self.norm_out = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 1)
+        with torch.no_grad():  # start close to persistence: small outputs in the operator's residual form
+            self.head.weight.mul_(0.1)
+
+    def forward(self, latent: Tensor, x_query: Tensor, length: float | None = None) -> Tensor:
+        assert latent.ndim == 3 and latent.shape[2] == self.dim, (
+            f"decoder latent must be (B, N, {self.dim}), got {tuple(latent.shape)}"
+        )
+        B = latent.shape[0]
+        assert x_query.ndim == 1 or (x_query.ndim == 2 and x_query.shape[0] == B), (
+            f"x_query must be (Q,) or ({B}, Q), got {tuple(x_query.shape)}"
+        )
+        if length is None:
+            length = periodic_length(x_query if x_query.ndim == 1 else x_query[0])
+        q = self.query_embed(fourier_features(x_query, length, self.frequencies).to(latent.dtype))  # (Q | B Q, D)
+        q = q.expand(B, -1, -1) if q.ndim == 2 else q  # (B, Q, D)
+        q = q + self.cross(self.norm_q(q), self.norm_kv(latent))
+        q = q + self.mlp(self.norm_mlp(q))
+        return self.head(self.norm_out(q)).squeeze(-1)  # (B, Q)
