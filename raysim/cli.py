@@ -140,10 +140,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from raysim.analysis import evaluate_study_report
+    from raysim.analysis import storage
+    from raysim.analysis.report import write_report
+    from raysim.train.stages import checkpoint_loads
 
-    path = evaluate_study_report(args.study_dir, args.out)
-    print(f"report: {path}")
+    if not storage.exists(storage.join(args.study_dir, "study.json")):
+        raise UserError("not a study folder (no study.json)", file=args.study_dir)
+    folder = write_report(args.study_dir, args.out, load_checkpoint=checkpoint_loads)
+    print(f"report: {storage.join(str(folder), 'ablation_report.md')}")
     return 0
 
 

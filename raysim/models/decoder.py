@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from raysim.models.layers import MLP, CrossAttention, fourier_features, periodic_length
+from raysim.models.layers import MLP, CrossAttention, fourier_features, locality_bias, periodic_length
 
 
 class CrossAttentionDecoder(nn.Module):
@@ -15,6 +15,8 @@ class CrossAttentionDecoder(nn.Module):
     the tokens, passes an MLP and a linear head. `length` is the periodic
     domain length; when omitted it is inferred from x_query, which must then be
     a uniform grid (for scattered queries pass the input grid's length).
+    `centres` (N,), the token cells' centres from the encoder's grid, adds a
+    locality bias so that a query starts by reading the tokens near it.
     """
 
     def __init__(self, dim: int, heads: int, fourier_features: int, mlp_ratio: float):
@@ -31,7 +33,9 @@ class CrossAttentionDecoder(nn.Module):
         with torch.no_grad():  # start close to persistence: small outputs in the operator's residual form
             self.head.weight.mul_(0.1)
 
-    def forward(self, latent: Tensor, x_query: Tensor, length: float | None = None) -> Tensor:
+    def forward(
+        self, latent: Tensor, x_query: Tensor, length: float | None = None, centres: Tensor | None = None
+    ) -> Tensor:
         assert latent.ndim == 3 and latent.shape[2] == self.dim, (
             f"decoder latent must be (B, N, {self.dim}), got {tuple(latent.shape)}"
         )
@@ -43,6 +47,9 @@ class CrossAttentionDecoder(nn.Module):
             length = periodic_length(x_query if x_query.ndim == 1 else x_query[0])
         q = self.query_embed(fourier_features(x_query, length, self.frequencies).to(latent.dtype))  # (Q | B Q, D)
         q = q.expand(B, -1, -1) if q.ndim == 2 else q  # (B, Q, D)
-        q = q + self.cross(self.norm_q(q), self.norm_kv(latent))
+        bias = None
+        if centres is not None and x_query.ndim == 1:  # queries attend first to the tokens of nearby cells
+            bias = locality_bias(x_query, centres, length, length / latent.shape[1])  # (Q, N)
+        q = q + self.cross(self.norm_q(q), self.norm_kv(latent), bias)
         q = q + self.mlp(self.norm_mlp(q))
         return self.head(self.norm_out(q)).squeeze(-1)  # (B, Q)

@@ -13,15 +13,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from raysim.models.layers import MLP, CrossAttention, fourier_features
+from raysim.models.layers import MLP, CrossAttention, fourier_features, locality_bias, token_centres
+
+STENCIL = 2  # neighbours on each side that a point's embedding sees
+POINT_CHANNELS = 2 * STENCIL + 1
 
 
 def point_features(u: Tensor, x: Tensor, length: float, frequencies: int) -> Tensor:
-    """Per-point inputs [u, sin/cos(2 pi k x / L)]: u (B, X), x (X,) -> (B, X, 1 + 2F)."""
+    """Per-point inputs [u and its periodic neighbours, sin/cos(2 pi k x / L)]: (B, X), (X,) -> (B, X, 5 + 2F).
+
+    The neighbours are UPT's message passing from a point's neighbourhood, on a
+    regular grid: the embedding can form local differences (u_x, u_xx) itself.
+    """
     B, X = u.shape
     assert x.shape == (X,), f"x must be ({X},) to match u {tuple(u.shape)}, got {tuple(x.shape)}"
     fx = fourier_features(x, length, frequencies).to(u.dtype)  # (X, 2F)
-    return torch.cat([u[..., None], fx.expand(B, X, -1)], dim=-1)  # (B, X, 1 + 2F)
+    stencil = torch.stack([u.roll(s, dims=-1) for s in range(-STENCIL, STENCIL + 1)], dim=-1)  # (B, X, 5)
+    return torch.cat([stencil, fx.expand(B, X, -1)], dim=-1)  # (B, X, 5 + 2F)
 
 
 class PerceiverEncoder(nn.Module):
@@ -30,8 +38,10 @@ class PerceiverEncoder(nn.Module):
     def __init__(self, tokens: int, dim: int, heads: int, fourier_features: int, mlp_ratio: float):
         super().__init__()
         self.frequencies = fourier_features
-        self.point_embed = MLP(1 + 2 * fourier_features, dim, dim)
+        self.tokens = tokens
+        self.point_embed = MLP(POINT_CHANNELS + 2 * fourier_features, dim, dim)
         self.queries = nn.Parameter(torch.randn(tokens, dim) * 0.02)
+        self.query_pos = nn.Linear(2 * fourier_features, dim)  # each token knows where its cell is
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)
         self.cross = CrossAttention(dim, heads)
@@ -41,8 +51,12 @@ class PerceiverEncoder(nn.Module):
     def forward(self, u: Tensor, x: Tensor, length: float) -> Tensor:
         assert u.ndim == 2, f"encoder input u must be (B, X), got {tuple(u.shape)}"
         points = self.point_embed(point_features(u, x, length, self.frequencies))  # (B, X, D)
-        z = self.queries.expand(u.shape[0], -1, -1)  # (B, N, D)
-        z = z + self.cross(self.norm_q(z), self.norm_kv(points))
+        centres = token_centres(x, self.tokens, length)  # (N,)
+        pos = self.query_pos(fourier_features(centres, length, self.frequencies).to(u.dtype))  # (N, D)
+        z = (self.queries + pos).expand(u.shape[0], -1, -1)  # (B, N, D)
+        width = max(length / self.tokens, length / x.shape[0])
+        bias = locality_bias(centres, x, length, width)  # (N, X)
+        z = z + self.cross(self.norm_q(z), self.norm_kv(points), bias)
         z = z + self.mlp(self.norm_mlp(z))
         return z
 
@@ -58,7 +72,7 @@ class PatchEncoder(nn.Module):
     def __init__(self, tokens: int, dim: int, fourier_features: int, mlp_ratio: float):
         super().__init__()
         self.tokens, self.frequencies = tokens, fourier_features
-        self.point_embed = MLP(1 + 2 * fourier_features, dim, dim)
+        self.point_embed = MLP(POINT_CHANNELS + 2 * fourier_features, dim, dim)
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = MLP(dim, int(dim * mlp_ratio), dim)
 

@@ -35,6 +35,24 @@ def fourier_features(x: Tensor, length: float, frequencies: int) -> Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)  # (..., 2F)
 
 
+def locality_bias(queries: Tensor, keys: Tensor, length: float, width: float) -> Tensor:
+    """Additive attention logits -d^2 / (2 width^2) from the periodic distance d: (Q,), (N,) -> (Q, N).
+
+    UPT pools points into supernodes by neighbourhood; this Gaussian bias gives the
+    Perceiver cross-attention the same locality from the first step (learned
+    attention can still reach further), so tokens and decoded points start local.
+    """
+    d = (queries.float()[:, None] - keys.float()[None, :]).remainder(length)  # (Q, N) in [0, L)
+    d = torch.minimum(d, length - d)
+    return -0.5 * (d / width) ** 2
+
+
+def token_centres(x: Tensor, tokens: int, length: float) -> Tensor:
+    """Centres of `tokens` equal cells tiling the periodic domain that the grid x (X,) samples: (N,)."""
+    start = float(x[0]) - 0.5 * length / x.shape[0]
+    return start + (torch.arange(tokens, device=x.device, dtype=torch.float32) + 0.5) * (length / tokens)
+
+
 def log_scalars(*values: Tensor) -> Tensor:
     """log10 of positive per-sample scalars, each (B,), stacked to (B, S) (clamped at 1e-8)."""
     return torch.stack([v.float().clamp_min(1e-8).log10() for v in values], dim=-1)  # (B, S)
@@ -127,11 +145,12 @@ class CrossAttention(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, queries: Tensor, context: Tensor) -> Tensor:
+    def forward(self, queries: Tensor, context: Tensor, bias: Tensor | None = None) -> Tensor:
         (B, Q, D), N = queries.shape, context.shape[1]
         q = self.q(queries).view(B, Q, self.heads, D // self.heads).transpose(1, 2)  # (B, H, Q, D/H)
         k, v = self.kv(context).view(B, N, 2, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, N, D/H)
-        y = F.scaled_dot_product_attention(q, k, v)  # (B, H, Q, D/H)
+        mask = None if bias is None else bias.to(q.dtype)  # (Q, N) additive logits
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, Q, D/H)
         return self.proj(y.transpose(1, 2).reshape(B, Q, D))  # (B, Q, D)
 
 

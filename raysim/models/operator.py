@@ -5,14 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from raysim.models.layers import periodic_length
+from raysim.models.layers import periodic_length, token_centres
 
 
 class LatentOperator(nn.Module):
     """u (B, X), x (X,), nu (B,), dt (B,) -> u at t + dt (B, X), physical units in and out.
 
     Works on normalised values internally, (u - u_mean) / u_std, and predicts in
-    residual form: out = u + u_std * decoder(processor(encoder(u_n, x), nu, dt), x).
+    residual form: out = u + delta_std * decoder(processor(encoder(u_n, x), nu, dt), x), where
+    delta_std is the typical size of one step's change, so the decoder's output is O(1).
     The normalisation buffers are part of the state_dict. `config` is set by
     build.py (the ModelConfig it was built from) so checkpoints can rebuild it.
     """
@@ -22,13 +23,15 @@ class LatentOperator(nn.Module):
         self.encoder, self.processor, self.decoder = encoder, processor, decoder
         self.register_buffer("u_mean", torch.tensor(0.0))
         self.register_buffer("u_std", torch.tensor(1.0))
+        self.register_buffer("delta_std", torch.tensor(1.0))
         self.config = None
 
-    def set_normalization(self, mean: float, std: float) -> None:
-        """Set u's normalisation statistics (from the training split)."""
+    def set_normalization(self, mean: float, std: float, delta_std: float | None = None) -> None:
+        """Set u's normalisation statistics and the scale of one step's change (from the training split)."""
         assert std > 0, f"std must be positive, got {std}"
         self.u_mean.fill_(float(mean))
         self.u_std.fill_(float(std))
+        self.delta_std.fill_(float(delta_std if delta_std is not None else std))
 
     def forward(self, u: Tensor, x: Tensor, nu: Tensor, dt: Tensor) -> Tensor:
         assert u.ndim == 2, f"u must be (B, X), got {tuple(u.shape)}"
@@ -39,5 +42,6 @@ class LatentOperator(nn.Module):
         u_n = (u - self.u_mean) / self.u_std  # (B, X)
         z = self.encoder(u_n, x, length)  # (B, N, D)
         z = self.processor(z, nu, dt)  # (B, N, D)
-        delta = self.decoder(z, x, length)  # (B, X)
-        return u + self.u_std * delta
+        centres = token_centres(x, z.shape[1], length)  # (N,) token cells, for the decoder's locality bias
+        delta = self.decoder(z, x, length, centres)  # (B, X)
+        return u + self.delta_std * delta

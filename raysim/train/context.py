@@ -1,0 +1,96 @@
+"""Where a stage runs: a Ray Train worker, or in-process (plain PyTorch, for benchmarks and tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+class RayStageContext:
+    """A Ray Train V2 worker: report per epoch with a checkpoint, resume from the latest."""
+
+    def __init__(self, wandb: dict[str, Any] | None = None) -> None:
+        import ray.train
+
+        self._train = ray.train
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self._resume_dir: Path | None = None
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is not None:
+            self._resume_dir = Path(tempfile.mkdtemp(prefix="raysim-resume-"))
+            with ckpt.as_directory() as d:
+                shutil.copytree(d, self._resume_dir, dirs_exist_ok=True)
+        self._wandb = None
+        if wandb and self.rank == 0:
+            from ray.air.integrations.wandb import setup_wandb
+
+            os.makedirs(wandb["dir"], exist_ok=True)
+            self._wandb = setup_wandb(rank_zero_only=True, resume="allow", **wandb)
+
+    def resume_dir(self) -> Path | None:
+        return self._resume_dir
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model) if self.world_size > 1 else model
+
+    def prepare_loader(self, loader: DataLoader) -> DataLoader:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_data_loader(loader, move_to_device=False) if self.world_size > 1 else loader
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        from ray.train import Checkpoint
+
+        checkpoint = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            if metrics.get("stage_done"):
+                self._wandb.finish()
+                self._wandb = None
+        self._train.report(metrics, checkpoint=checkpoint)
+
+
+class LocalStageContext:
+    """In-process, one worker: checkpoints kept under `out_dir/checkpoint`, metrics in a list."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, out_dir: str | Path):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics: list[dict[str, Any]] = []
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / "checkpoint"
+
+    def resume_dir(self) -> Path | None:
+        return self.checkpoint_dir if (self.checkpoint_dir / "state.pt").is_file() else None
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def prepare_loader(self, loader: DataLoader) -> DataLoader:
+        return loader
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        self.metrics.append(dict(metrics))
+        if checkpoint_dir is not None and checkpoint_dir != self.checkpoint_dir:
+            tmp = self.out_dir / "checkpoint.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(checkpoint_dir, tmp)
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+            tmp.rename(self.checkpoint_dir)
+        (self.out_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in self.metrics))

@@ -1,0 +1,58 @@
+"""Run one training stage under a Ray Train V2 TorchTrainer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from raysim.config import RunConfig, to_dict
+
+# Train's controller blocks each report for one health-check interval (2 s by default); set for
+# every Ray process through ray.init's runtime_env (see raysim.tune.cluster.init_ray).
+TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+
+
+def scaling_config(cfg: RunConfig):
+    """The TorchTrainer's ScalingConfig from the config's resources."""
+    from ray.train import ScalingConfig
+
+    r = cfg.resources
+    kwargs: dict[str, Any] = {
+        "num_workers": r.num_workers,
+        "use_gpu": r.use_gpu,
+        "resources_per_worker": {"CPU": r.cpus_per_worker, **({"GPU": 1} if r.use_gpu else {})},
+    }
+    if r.accelerator_type:
+        kwargs["accelerator_type"] = r.accelerator_type
+    return ScalingConfig(**kwargs)
+
+
+def fit_stage(
+    train_fn: Callable[[dict[str, Any]], None],
+    cfg: RunConfig,
+    *,
+    run_name: str,
+    storage_path: str,
+    extra: dict[str, Any] | None = None,
+    callbacks: list[Any] | None = None,
+    max_failures: int = 2,
+):
+    """Fit one stage; a second call with the same `run_name` resumes that run's saved state."""
+    from ray.train import CheckpointConfig, FailureConfig
+    from ray.train import RunConfig as TrainRunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    trainer = TorchTrainer(
+        train_loop_per_worker=train_fn,
+        train_loop_config={"run": to_dict(cfg), **(extra or {})},
+        scaling_config=scaling_config(cfg),
+        torch_config=TorchConfig(backend="nccl" if cfg.resources.use_gpu and not cfg.resources.force_cpu else "gloo"),
+        run_config=TrainRunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            callbacks=callbacks or None,
+        ),
+    )
+    return trainer.fit()

@@ -1,0 +1,219 @@
+"""`raysim run`: an ablation matrix as a Ray Tune grid, on an embedded local Ray or a cluster."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from raysim.analysis import storage
+from raysim.config import (
+    MatrixConfig,
+    RunConfig,
+    expand_arms,
+    load_matrix,
+    profile_seeds,
+    to_dict,
+)
+from raysim.errors import UserError
+from raysim.train.ray_stage import TRAIN_ENV
+
+TRIAL_RESOURCES = {"CPU": 0.01}  # the trial function only drives trainers; its workers hold the CPUs
+
+
+def param_space(
+    matrix: MatrixConfig,
+    profile: str | None = None,
+    sets: list[str] | None = None,
+    study_dir: str | None = None,
+) -> dict[str, Any]:
+    """The Tune param_space of a matrix: a grid over arms x seeds, every arm's resolved config carried along."""
+    from ray import tune
+
+    profile = profile or matrix.default_profile
+    arms = expand_arms(matrix, profile, sets)
+    arm_configs = {}
+    for name, cfg in arms.items():
+        data = to_dict(cfg)
+        if data["data"]["path"]:
+            data["data"]["path"] = str(Path(data["data"]["path"]).expanduser().resolve())
+        arm_configs[name] = data
+    return {
+        "arm": tune.grid_search(list(arms)),
+        "seed": tune.grid_search(profile_seeds(matrix, profile)),
+        "arm_configs": arm_configs,
+        "profile": profile,
+        "study_name": matrix.name,
+        "study_dir": study_dir or default_study_dir(matrix, profile),
+    }
+
+
+def default_study_dir(matrix: MatrixConfig, profile: str) -> str:
+    """`results/<study>-<profile>`, absolute."""
+    return str(Path("results", f"{matrix.name}-{profile}").resolve())
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster named by RAY_ADDRESS (ray job submit / ray submit), else start an embedded one."""
+    import ray
+
+    os.environ.update(TRAIN_ENV)
+    if "WANDB_API_KEY" not in os.environ:
+        os.environ.setdefault("WANDB_MODE", "offline")
+    env = {**TRAIN_ENV, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "WANDB_SILENT": "true"}
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
+        return
+    # Train's placement-group cleaner finds the dashboard by scanning for Ray instances and gives up when
+    # several run on one machine (leaking the stage's resources): name ours explicitly.
+    port = _free_port()
+    env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    ray.init(address="local", num_cpus=num_cpus, runtime_env={"env_vars": env}, dashboard_host="127.0.0.1",
+             dashboard_port=port, include_dashboard=True, log_to_driver=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def max_concurrent(matrix: MatrixConfig, profile: str, arms: dict[str, RunConfig]) -> int:
+    """Trials whose trainer workers the cluster can actually hold at once (never a deadlock on 2 CPUs)."""
+    import ray
+
+    total = ray.cluster_resources()
+    limits = []
+    any_cfg = next(iter(arms.values()))
+    r = any_cfg.resources
+    if r.use_gpu:
+        limits.append(int(total.get("GPU", 0) // r.num_workers) or matrix.profiles[profile].max_concurrent_trials or 1)
+    else:
+        limits.append(max(1, int(total.get("CPU", 1) // (r.num_workers * r.cpus_per_worker))))
+    cap = matrix.profiles[profile].max_concurrent_trials
+    if cap:
+        limits.append(cap)
+    return max(1, min(limits))
+
+
+def _write_study_json(study_dir: str, matrix: MatrixConfig, profile: str, resume: bool) -> None:
+    path = storage.join(study_dir, "study.json")
+    if storage.exists(path):
+        existing = storage.read_json(path)
+        same = existing.get("name") == matrix.name and existing.get("profile") == profile
+        if not resume:
+            raise UserError(
+                f"already holds study {existing.get('name')} ({existing.get('profile')}); "
+                "pass --resume to continue it or --storage for a new folder",
+                file=study_dir, field="--storage")
+        if not same:
+            raise UserError(f"holds a different study ({existing.get('name')}, {existing.get('profile')})",
+                            file=study_dir, field="--storage")
+        return
+    if resume:
+        raise UserError("no study to resume here", file=study_dir, field="--resume")
+    storage.write_json_atomic(path, {
+        "name": matrix.name, "matrix": to_dict(matrix), "profile": profile,
+        "seeds": profile_seeds(matrix, profile), "arms": list(matrix.arms),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    })
+
+
+def run_study(
+    matrix_path: str,
+    profile: str | None = None,
+    storage_uri: str | None = None,
+    resume: bool = False,
+    dry_run: bool = False,
+    sets: list[str] | None = None,
+) -> int:
+    """Run (or resume, or only plan) a whole study; prints the hypothesis table and the report path."""
+    matrix = load_matrix(matrix_path)
+    profile = profile or matrix.default_profile
+    arms = expand_arms(matrix, profile, sets)
+    study_dir = storage_uri or default_study_dir(matrix, profile)
+    if not storage.is_uri(study_dir):
+        study_dir = str(Path(study_dir).resolve())
+    if dry_run:
+        from raysim.tune.plan import print_plan
+
+        print_plan(matrix, profile, arms, study_dir)
+        return 0
+    _write_study_json(study_dir, matrix, profile, resume)
+    _prepare_data(arms)
+    init_ray()
+    import ray
+    from ray import tune
+
+    from raysim.tune.callbacks import StudyCallback
+    from raysim.tune.trial import trainable
+
+    resources = dict(TRIAL_RESOURCES)
+    if ray.cluster_resources().get("head"):  # cluster.yaml's head resource keeps trial drivers off GPU nodes
+        resources["head"] = 0.001
+    trainable_with_resources = tune.with_resources(trainable, resources)
+    callback = StudyCallback(study_dir, matrix)
+    experiment = storage.join(study_dir, "tune")
+    if resume and tune.Tuner.can_restore(experiment):
+        tuner = tune.Tuner.restore(experiment, trainable_with_resources, resume_errored=True)
+    else:
+        space = param_space(matrix, profile, sets, study_dir)
+        tuner = tune.Tuner(
+            trainable_with_resources,
+            param_space=space,
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent(matrix, profile, arms)),
+            run_config=tune.RunConfig(
+                name="tune",
+                storage_path=study_dir,
+                callbacks=[callback],
+                failure_config=tune.FailureConfig(max_failures=1),
+                progress_reporter=_reporter(matrix),
+                verbose=1,
+            ),
+        )
+    grid = tuner.fit()
+    errors = [r for r in grid if r.error]
+    report_path = callback.finish()  # a restored tuner runs its own unpickled copy of the callback
+    print(callback.table())
+    print(f"report: {report_path}")
+    if errors:
+        print(f"{len(errors)} trial(s) failed; see the report", file=sys.stderr)
+    return 0
+
+
+def _prepare_data(arms: dict[str, RunConfig]) -> None:
+    """Generate each distinct cache data file once, before any trial starts (workers then find it)."""
+    from raysim.train.common import data_file, ensure_data
+
+    seen = set()
+    for cfg in arms.values():
+        path = data_file(cfg.data)
+        if path not in seen and not cfg.resources.use_gpu:
+            seen.add(path)
+            if not path.is_file():
+                print(f"generating {path.name} ...", flush=True)
+            ensure_data(cfg.data)
+
+
+def _reporter(matrix: MatrixConfig):
+    from ray.tune import CLIReporter
+
+    return CLIReporter(parameter_columns=["arm", "seed"],
+                       metric_columns=["stage", "epoch", "train_loss", "val_loss", matrix.metric],
+                       max_report_frequency=15)
+
+
+def estimate_trial_seconds(cfg: RunConfig, flops_per_sample: float, train_pairs: int) -> float:
+    """A rough trial-time estimate from model FLOPs, data size and an assumed device throughput."""
+    per_second = 3e13 if cfg.resources.use_gpu else 4e9  # achieved FLOP/s: A100 bf16 ~30%, one CPU core
+    op = cfg.operator
+    steps = train_pairs if not op.max_steps_per_epoch else min(train_pairs, op.max_steps_per_epoch * op.batch_size)
+    compute = 3 * flops_per_sample * steps * (op.epochs * op.unroll_steps + cfg.diffusion.epochs * 0.5)
+    overhead = 30.0  # two TorchTrainer start-ups and shut-downs (RAY_NOTES.md)
+    return overhead + compute / per_second + 10 * math.log2(max(2, train_pairs))

@@ -1,0 +1,125 @@
+"""Training stages in-process (the same functions Ray Train runs): resume, NaN guard, EMA, schedule."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from raysim.config import build_run
+from raysim.train.common import NonFiniteError, load_checkpoint
+from raysim.train.context import LocalStageContext
+from raysim.train.stages import load_stage_model, run_diffusion_stage, run_operator_stage
+
+TINY = {
+    "data": {"generate": {"samples": 10, "nx": 256, "nt": 21, "t_end": 1.0}, "x_stride": 4, "t_stride": 2},
+    "model": {"tokens": 16, "latent_dim": 16, "heads": 2, "group_size": 8, "depth": 1, "fourier_features": 4},
+    "operator": {"epochs": 2, "batch_size": 8, "max_steps_per_epoch": 3, "final_loss_threshold": 1.0},
+    "diffusion": {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 2, "hidden": 8, "layers": 1},
+    "evaluation": {"ttc_candidates": 2, "max_trajectories": 2},
+    "resources": {"torch_threads": 1},
+}
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    data = copy.deepcopy(TINY)
+    data["data"]["cache_dir"] = str(tmp_path / "data")
+    return lambda **over: build_run(_merge(data, over), "test")
+
+
+def _merge(a, b):
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+def _weights(directory):
+    return load_checkpoint(directory)["train_model"]
+
+
+def test_operator_stage_reports_every_epoch_with_a_loadable_checkpoint(tiny, tmp_path):
+    ctx = LocalStageContext(tmp_path / "op")
+    run_operator_stage(tiny(), ctx)
+    assert [m["epoch"] for m in ctx.metrics] == [1, 2]
+    assert ctx.metrics[-1]["stage_done"] and not ctx.metrics[-1]["early_stopped"]
+    assert all(m["nonfinite_steps"] == 0 and m["samples_per_second"] > 0 for m in ctx.metrics)
+    model = load_stage_model(ctx.checkpoint_dir)
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+class Killed(Exception):
+    pass
+
+
+class KilledAfter(LocalStageContext):
+    """Dies right after the n-th report, as a worker killed between epochs would."""
+
+    def __init__(self, out_dir, n):
+        super().__init__(out_dir)
+        self.n = n
+
+    def report(self, metrics, checkpoint_dir):
+        super().report(metrics, checkpoint_dir)
+        if len(self.metrics) == self.n:
+            raise Killed
+
+
+def test_resume_continues_exactly(tiny, tmp_path):
+    cfg = tiny(operator={"epochs": 3})
+    straight = LocalStageContext(tmp_path / "straight")
+    run_operator_stage(cfg, straight)
+    with pytest.raises(Killed):
+        run_operator_stage(cfg, KilledAfter(tmp_path / "killed", 1))
+    resumed = LocalStageContext(tmp_path / "killed")
+    run_operator_stage(cfg, resumed)
+    assert [m["epoch"] for m in resumed.metrics] == [2, 3]  # at most one epoch lost, none repeated
+    a, b = _weights(straight.checkpoint_dir), _weights(resumed.checkpoint_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from an uninterrupted run"
+    assert resumed.metrics[-1]["train_loss"] == straight.metrics[-1]["train_loss"]
+    again = LocalStageContext(tmp_path / "killed")
+    run_operator_stage(cfg, again)
+    assert again.metrics == []  # a finished stage resumes to nothing
+
+
+def test_nan_guard_skips_then_fails(tiny, tmp_path, monkeypatch):
+    import raysim.train.stages as stages
+
+    real = stages.operator_loss
+
+    def poisoned(x, unroll):
+        inner = real(x, unroll)
+        calls = {"n": 0}
+
+        def loss_fn(model, batch):
+            loss = inner(model, batch)
+            if not model.training:
+                return loss
+            calls["n"] += 1
+            return loss * float("nan") if calls["n"] % 2 == 0 else loss
+
+        return loss_fn
+
+    monkeypatch.setattr(stages, "operator_loss", poisoned)
+    ctx = LocalStageContext(tmp_path / "guarded")
+    run_operator_stage(tiny(operator={"max_nonfinite_steps": 10}), ctx)
+    assert ctx.metrics[-1]["nonfinite_steps"] == 3  # 6 steps, every second one poisoned and skipped
+    assert all(torch.isfinite(v).all() for v in _weights(ctx.checkpoint_dir).values())
+    with pytest.raises(NonFiniteError, match="non-finite"):
+        run_operator_stage(tiny(operator={"max_nonfinite_steps": 1}), LocalStageContext(tmp_path / "tripped"))
+
+
+def test_diffusion_stage_trains_on_the_frozen_operator(tiny, tmp_path):
+    cfg = tiny()
+    op = LocalStageContext(tmp_path / "op")
+    run_operator_stage(cfg, op)
+    before = {k: v.clone() for k, v in load_checkpoint(op.checkpoint_dir)["model"]["state_dict"].items()}
+    diff = LocalStageContext(tmp_path / "diff")
+    run_diffusion_stage(cfg, op.checkpoint_dir, diff)
+    assert diff.metrics[-1]["stage"] == "diffusion" and diff.metrics[-1]["stage_done"]
+    after = load_checkpoint(op.checkpoint_dir)["model"]["state_dict"]
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the operator stayed frozen
+    corrector = load_stage_model(diff.checkpoint_dir)
+    assert float(corrector.r_std) > 0
