@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ class RayStageContext:
     def __init__(self, wandb: dict[str, Any] | None = None) -> None:
         import ray.train
 
+        logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per checkpoint and report
         self._train = ray.train
         ctx = ray.train.get_context()
         self.rank = ctx.get_world_rank()

@@ -152,8 +152,12 @@ def _evaluate_remote(cfg: RunConfig):
             with diffusion_ckpt.as_directory() as diff_dir:
                 return evaluate_checkpoints(run_cfg, op_dir, diff_dir)
 
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
     r = cfg.resources
-    options: dict[str, Any] = {"num_cpus": r.cpus_per_worker, "num_gpus": 1 if r.use_gpu else 0, "max_retries": 1}
+    options: dict[str, Any] = {"num_cpus": r.cpus_per_worker, "num_gpus": 1 if r.use_gpu else 0, "max_retries": 1,
+                               # not inside the trial's tiny placement group: the task needs a worker's resources
+                               "scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=None)}
     if r.accelerator_type:
         options["accelerator_type"] = r.accelerator_type
     return ray.remote(evaluate).options(**options)
