@@ -139,7 +139,7 @@ class EvaluationConfig:
 
     horizon: int | None = None  # rollout steps; None: the whole test window
     ttc_candidates: int = 4
-    corrector_samples: int = 1  # samples averaged for the baseline prediction
+    corrector_samples: int = 4  # samples averaged for the baseline prediction (the corrector mean)
     batch_size: int = 64
     max_trajectories: int | None = None
     conservation_weight: float = 1.0

@@ -65,7 +65,7 @@ def test_every_trial_finished_with_all_metrics(study):
 
 def test_wandb_offline_runs_one_per_trial_and_stage(study):
     runs = list((study["dir"] / "wandb").rglob("offline-run-*"))
-    ids = {p.name.rsplit("-", 1)[-1] for p in runs}
+    ids = {p.name.split("-", 3)[3] for p in runs}  # offline-run-<date>_<time>-<run id>
     assert len(runs) == len(ids) == 2 * len(ARMS)
 
 

@@ -26,7 +26,7 @@ RESULT_FILE = "result.json"
 PER_TRAJECTORY_FILE = "per_trajectory.npz"
 PER_STEP_FILE = "per_step.npz"
 STATUSES = ("finished", "error", "running")
-_TRIAL_NAME = re.compile(r"^(?P<arm>.+)__seed(?P<seed>-?\d+)$")
+_TRIAL_NAME = re.compile(r"^(?P<arm>.+?)__seed(?P<seed>-?\d+)(__(?P<variant>\w+))?$")  # variant: a user's search
 
 
 # --------------------------------------------------------------------------- layout (both sides)

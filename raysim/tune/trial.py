@@ -70,6 +70,8 @@ def run_trial(config: dict[str, Any], report) -> dict[str, Any]:
     cfg = resolve_trial_config(config)
     arm, seed = config["arm"], int(config["seed"])
     key = trial_key(arm, seed)
+    if config.get("overrides"):  # a user's own search: several trials share arm and seed
+        key = f"{key}__{_tune_trial_id()}"
     study_dir = config["study_dir"]
     study = config.get("study_name", "study")
     trial_dir = storage.join(study_dir, "trials", key)
@@ -129,6 +131,15 @@ def run_trial(config: dict[str, Any], report) -> dict[str, Any]:
                       wall_seconds=time.time() - start, traceback=traceback.format_exc()[-4000:])
         storage.write_json_atomic(storage.join(trial_dir, "result.json"), record)
         raise
+
+
+def _tune_trial_id() -> str:
+    from ray import tune
+
+    try:
+        return tune.get_context().get_trial_id()
+    except Exception:  # outside Tune (raysim train)
+        return "local"
 
 
 def _tune_callbacks() -> list[Any]:
