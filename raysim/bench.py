@@ -146,24 +146,30 @@ def bench_data(out: Path, quick: bool = False) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- overhead
 
 
-def _plain_trial(cfg: RunConfig, work: Path) -> float:
+def _plain_trial(cfg: RunConfig, work: Path) -> dict[str, float]:
     """The trial in plain PyTorch, in-process: same stage and evaluation functions, no Ray."""
     from raysim.train.context import LocalStageContext
     from raysim.train.evaluate import evaluate_checkpoints
     from raysim.train.stages import run_diffusion_stage, run_operator_stage
 
+    parts: dict[str, float] = {}
     start = time.perf_counter()
     op, diff = LocalStageContext(work / "operator"), LocalStageContext(work / "diffusion")
     run_operator_stage(cfg, op)
+    parts["operator"] = time.perf_counter() - start
     run_diffusion_stage(cfg, op.checkpoint_dir, diff)
+    parts["diffusion"] = time.perf_counter() - start - parts["operator"]
     evaluate_checkpoints(cfg, op.checkpoint_dir, diff.checkpoint_dir)
-    return time.perf_counter() - start
+    parts["total"] = time.perf_counter() - start
+    parts["evaluation"] = parts["total"] - parts["operator"] - parts["diffusion"]
+    return parts
 
 
-def _engine_trial(cfg: RunConfig, work: Path) -> float:
+def _engine_trial(cfg: RunConfig, work: Path) -> dict[str, float]:
     """The same trial through the engine: a Tune trial driving Ray Train stages, then the evaluation task."""
     from ray import tune
 
+    from raysim.analysis import storage
     from raysim.tune.study import TRIAL_RESOURCES
     from raysim.tune.trial import trainable
 
@@ -173,9 +179,12 @@ def _engine_trial(cfg: RunConfig, work: Path) -> float:
     tuner = tune.Tuner(tune.with_resources(trainable, TRIAL_RESOURCES), param_space=space,
                        run_config=tune.RunConfig(name="tune", storage_path=str(work), verbose=0))
     grid = tuner.fit()
+    total = time.perf_counter() - start
     if grid.errors:
         raise RuntimeError(f"engine trial failed: {grid.errors[0]}")
-    return time.perf_counter() - start
+    timings = storage.read_json(str(work / "trials" / f"{cfg.name}__seed{cfg.seed}" / "result.json"))["timings"]
+    return {"operator": timings["operator_fit_seconds"], "diffusion": timings["diffusion_fit_seconds"],
+            "evaluation": timings["evaluation_seconds"], "total": total}
 
 
 def bench_overhead(out: Path, quick: bool = False, repeats: int = 3) -> dict[str, Any]:
@@ -187,19 +196,35 @@ def bench_overhead(out: Path, quick: bool = False, repeats: int = 3) -> dict[str
     cfg = _arms(profile, ["logging.wandb=false"])["pure-128"]
     ensure_data(cfg.data)
     init_ray()
-    plain, engine = [], []
+    plain: list[dict[str, float]] = []
+    engine: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="raysim-bench-") as tmp:
         for i in range(1 if quick else repeats):  # alternate A B A B
             plain.append(_plain_trial(cfg, Path(tmp, f"plain{i}")))
             engine.append(_engine_trial(cfg, Path(tmp, f"engine{i}")))
-            print(f"  repeat {i}: plain {plain[-1]:.1f} s, engine {engine[-1]:.1f} s", flush=True)
-    figures = {"profile": profile, "arm": "pure-128", "plain_seconds": plain, "engine_seconds": engine,
-               "plain_median": statistics.median(plain), "engine_median": statistics.median(engine)}
+            print(f"  repeat {i}: plain {plain[-1]['total']:.1f} s, engine {engine[-1]['total']:.1f} s", flush=True)
+
+    def median(runs: list[dict[str, float]], part: str) -> float:
+        return statistics.median(r[part] for r in runs)
+
+    parts = ("operator", "diffusion", "evaluation", "total")
+    figures: dict[str, Any] = {
+        "profile": profile, "arm": "pure-128", "repeats": len(plain),
+        "plain_seconds": [r["total"] for r in plain], "engine_seconds": [r["total"] for r in engine],
+        "plain_median": median(plain, "total"), "engine_median": median(engine, "total"),
+        "breakdown_median_seconds": {p: {"plain": median(plain, p), "engine": median(engine, p),
+                                         "difference": median(engine, p) - median(plain, p)} for p in parts},
+    }
+    other = figures["breakdown_median_seconds"]["total"]["difference"] - sum(
+        figures["breakdown_median_seconds"][p]["difference"] for p in parts[:-1])
+    figures["breakdown_median_seconds"]["tune_trial_and_driver"] = {"difference": other}
     figures["overhead_ratio"] = figures["engine_median"] / figures["plain_median"]
     figures["overhead_seconds"] = figures["engine_median"] - figures["plain_median"]
     path = _write(out, "overhead", figures)
     print(f"overhead: engine {figures['engine_median']:.1f} s / plain {figures['plain_median']:.1f} s "
           f"= {figures['overhead_ratio']:.3f} (median of {len(plain)}, profile {profile})")
+    for part, f in figures["breakdown_median_seconds"].items():
+        print(f"  {part:22s} +{f['difference']:.1f} s")
     print(f"wrote {path}")
     return figures
 

@@ -21,6 +21,9 @@ from raysim.errors import DataError
 CHECK_TRAJECTORIES = 64  # trajectories scanned for NaN/Inf by default
 ASSUMED_X_RANGE = (0.0, 1.0)  # domain assumed when `x-coordinate` is missing
 _NU_IN_NAME = re.compile(r"_Nu(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
+# What h5py and numpy raise for a broken link, a missing external raw file, a corrupt chunk or
+# a dataset of strings: each becomes a DataError naming the file and the dataset.
+_READ_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,30 @@ def _open(path: Path):
         raise DataError(f"cannot be read as HDF5 ({exc})", file=str(path)) from None
 
 
+def _why(exc: BaseException) -> str:
+    """An exception's message without KeyError's quotes."""
+    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+
+
+def _node(f, name: str, file: str):
+    """The object at `name` in an open file; DataError for a broken soft or external link."""
+    try:
+        return f[name]
+    except _READ_ERRORS as exc:
+        raise DataError(f"cannot be opened ({_why(exc)})", file=file, field=name) from None
+
+
+def _coordinate(f, name: str, file: str) -> np.ndarray:
+    """A coordinate dataset as float64 (K,); DataError when it is a group, text or unreadable."""
+    node = _node(f, name, file)
+    if not hasattr(node, "shape"):
+        raise DataError("is a group, not a dataset", file=file, field=name)
+    try:
+        return np.asarray(node[...], dtype=np.float64).reshape(-1)
+    except _READ_ERRORS as exc:
+        raise DataError(f"cannot be read as numbers ({_why(exc)})", file=file, field=name) from None
+
+
 def _scan_finite(tensor, n: int, check: int) -> tuple[str | None, int]:
     """First NaN/Inf problem among `check` evenly spaced trajectories, and how many were read."""
     if check <= 0 or n == 0:
@@ -92,81 +119,102 @@ def _collect(path: str | Path, check_trajectories: int) -> tuple[dict, list[Data
     problems: list[DataError] = []
     fields: dict = {"path": path}
     with _open(path) as f:
-        if "tensor" not in f:
-            keys = ", ".join(sorted(f.keys())) or "none"
-            problems.append(DataError(f"missing dataset (keys found: {keys})", file=file,
-                                      field="tensor"))
-            return fields, problems
-        tensor = f["tensor"]
-        if not hasattr(tensor, "shape"):
-            problems.append(DataError("is a group, not a dataset", file=file, field="tensor"))
-            return fields, problems
-        fields["shape"] = tuple(int(s) for s in tensor.shape)
-        fields["dtype"] = str(tensor.dtype)
-        if tensor.ndim != 3:
-            problems.append(DataError(f"must have rank 3 (N, T, X), got shape {tensor.shape}",
-                                      file=file, field="tensor"))
-            return fields, problems
-        if tensor.dtype.kind != "f":
-            problems.append(DataError(f"must be floating point, got {tensor.dtype}",
-                                      file=file, field="tensor"))
-            return fields, problems
-        n, nt, nx = fields["shape"]
-        if n < 1 or nt < 2 or nx < 2:
-            problems.append(DataError(f"needs N >= 1, T >= 2, X >= 2, got shape {tensor.shape}",
-                                      file=file, field="tensor"))
-            return fields, problems
-        fields.update(n=n, nt=nt, nx=nx)
+        try:
+            _collect_open(f, file, check_trajectories, fields, problems)
+        except DataError as exc:
+            problems.append(exc)
+        except _READ_ERRORS as exc:  # whatever else h5py raises on a damaged file: still one line
+            problems.append(DataError(f"cannot be read ({type(exc).__name__}: {_why(exc)})", file=file))
+    return fields, problems
 
-        if "x-coordinate" in f:
-            x = np.asarray(f["x-coordinate"][...], dtype=np.float64).reshape(-1)
+
+def _collect_open(f, file: str, check_trajectories: int, fields: dict, problems: list[DataError]) -> None:
+    """_collect on an open file: fill `fields` and append to `problems`; a DataError raised here is one more."""
+    if "tensor" not in f:
+        keys = ", ".join(sorted(f.keys())) or "none"
+        problems.append(DataError(f"missing dataset (keys found: {keys})", file=file, field="tensor"))
+        return
+    tensor = _node(f, "tensor", file)
+    if not hasattr(tensor, "shape"):
+        problems.append(DataError("is a group, not a dataset", file=file, field="tensor"))
+        return
+    fields["shape"] = tuple(int(s) for s in tensor.shape)
+    fields["dtype"] = str(tensor.dtype)
+    if tensor.ndim != 3:
+        problems.append(DataError(f"must have rank 3 (N, T, X), got shape {tensor.shape}", file=file, field="tensor"))
+        return
+    if tensor.dtype.kind != "f":
+        problems.append(DataError(f"must be floating point, got {tensor.dtype}", file=file, field="tensor"))
+        return
+    n, nt, nx = fields["shape"]
+    if n < 1 or nt < 2 or nx < 2:
+        problems.append(DataError(f"needs N >= 1, T >= 2, X >= 2, got shape {tensor.shape}", file=file,
+                                  field="tensor"))
+        return
+    fields.update(n=n, nt=nt, nx=nx)
+
+    if "x-coordinate" in f:
+        try:
+            x = _coordinate(f, "x-coordinate", file)
+        except DataError as exc:
+            problems.append(exc)
+        else:
             if x.shape != (nx,):
-                problems.append(DataError(f"must have {nx} entries like tensor's X, got {x.size}",
-                                          file=file, field="x-coordinate"))
-            elif not np.isfinite(x).all() or not (np.diff(x) > 0).all():
-                problems.append(DataError("must be finite and increasing", file=file,
+                problems.append(DataError(f"must have {nx} entries like tensor's X, got {x.size}", file=file,
                                           field="x-coordinate"))
+            elif not np.isfinite(x).all() or not (np.diff(x) > 0).all():
+                problems.append(DataError("must be finite and increasing", file=file, field="x-coordinate"))
             else:
                 half = 0.5 * (x[-1] - x[0]) / (nx - 1)
                 fields["x_range"] = (float(x[0] - half), float(x[-1] + half))
-        else:
-            fields["x_range"] = ASSUMED_X_RANGE
-            fields["x_assumed"] = True
+    else:
+        fields["x_range"] = ASSUMED_X_RANGE
+        fields["x_assumed"] = True
 
-        fields["dt"] = None
-        fields["t_has_extra"] = False
-        if "t-coordinate" in f:
-            t = np.asarray(f["t-coordinate"][...], dtype=np.float64).reshape(-1)
+    fields["dt"] = None
+    fields["t_has_extra"] = False
+    if "t-coordinate" in f:
+        try:
+            t = _coordinate(f, "t-coordinate", file)
+        except DataError as exc:
+            problems.append(exc)
+        else:
             if t.size not in (nt, nt + 1):
-                problems.append(DataError(f"must have {nt} or {nt + 1} entries for {nt} frames, "
-                                          f"got {t.size}", file=file, field="t-coordinate"))
-            elif not np.isfinite(t[:2]).all() or not t[1] > t[0]:
-                problems.append(DataError("must start with two increasing finite times",
+                problems.append(DataError(f"must have {nt} or {nt + 1} entries for {nt} frames, got {t.size}",
                                           file=file, field="t-coordinate"))
+            elif not np.isfinite(t[:2]).all() or not t[1] > t[0]:
+                problems.append(DataError("must start with two increasing finite times", file=file,
+                                          field="t-coordinate"))
             else:
                 fields["dt"] = float(t[1] - t[0])
                 fields["t_has_extra"] = t.size == nt + 1
 
-        fields["nu"], fields["nu_source"] = None, ""
-        for key in ("nu", "Nu"):
-            if key in f.attrs:
-                try:
-                    fields["nu"], fields["nu_source"] = float(f.attrs[key]), "attrs"
-                except (TypeError, ValueError):
-                    problems.append(DataError(f"attribute is not a number: {f.attrs[key]!r}",
-                                              file=file, field=key))
+    fields["nu"], fields["nu_source"] = None, ""
+    for key in ("nu", "Nu"):
+        if key in f.attrs:
+            try:
+                raw = f.attrs[key]
+            except _READ_ERRORS as exc:
+                problems.append(DataError(f"attribute cannot be read ({_why(exc)})", file=file, field=key))
                 break
-        if fields["nu"] is None and nu_from_name(path.name) is not None:
-            fields["nu"], fields["nu_source"] = nu_from_name(path.name), "file name"
-        if fields["nu"] is not None and not (math.isfinite(fields["nu"]) and fields["nu"] > 0):
-            problems.append(DataError(f"must be a positive number, got {fields['nu']}",
-                                      file=file, field="nu"))
+            try:
+                fields["nu"], fields["nu_source"] = float(raw), "attrs"
+            except _READ_ERRORS:
+                problems.append(DataError(f"attribute is not a number: {raw!r}", file=file, field=key))
+            break
+    name = Path(file).name
+    if fields["nu"] is None and nu_from_name(name) is not None:
+        fields["nu"], fields["nu_source"] = nu_from_name(name), "file name"
+    if fields["nu"] is not None and not (math.isfinite(fields["nu"]) and fields["nu"] > 0):
+        problems.append(DataError(f"must be a positive number, got {fields['nu']}", file=file, field="nu"))
 
+    try:
         bad, checked = _scan_finite(tensor, n, check_trajectories)
-        fields["checked"] = checked
-        if bad:
-            problems.append(DataError(bad, file=file, field="tensor"))
-    return fields, problems
+    except _READ_ERRORS as exc:  # a missing external raw file, a corrupt chunk, an unavailable filter
+        raise DataError(f"cannot be read ({_why(exc)})", file=file, field="tensor") from None
+    fields["checked"] = checked
+    if bad:
+        problems.append(DataError(bad, file=file, field="tensor"))
 
 
 def open_info(path: str | Path, check_trajectories: int = CHECK_TRAJECTORIES) -> BurgersInfo:
@@ -195,6 +243,16 @@ def inspect_lines(path: str | Path, check_trajectories: int = CHECK_TRAJECTORIES
 
     Raises DataError only when there is nothing to inspect (missing file, not HDF5).
     """
+    return inspect_report(path, check_trajectories)[0]
+
+
+def inspect_report(
+    path: str | Path, check_trajectories: int = CHECK_TRAJECTORIES
+) -> tuple[list[str], list[DataError]]:
+    """(inspect_lines, the problems behind its 'problem:' lines); `raysim data inspect` exits 2 on any.
+
+    Raises DataError only when there is nothing to inspect (missing file, not HDF5).
+    """
     fields, problems = _collect(path, check_trajectories)
     lines = [f"file: {fields['path']}"]
     if "shape" in fields:
@@ -207,18 +265,18 @@ def inspect_lines(path: str | Path, check_trajectories: int = CHECK_TRAJECTORIES
         elif "x_range" in fields:
             lines.append(f"x range: ({lo:g}, {hi:g}), {fields['nx']} cell centres, "
                          f"dx = {(hi - lo) / fields['nx']:.6g}, periodic")
-        if fields["dt"] is not None:
+        if fields.get("dt") is not None:
             extra = (f" (t-coordinate has {fields['nt'] + 1} entries for {fields['nt']} frames, "
-                     "like PDEBench)") if fields["t_has_extra"] else ""
+                     "like PDEBench)") if fields.get("t_has_extra") else ""
             lines.append(f"time step: {fields['dt']:.6g}, t in [0, "
                          f"{fields['dt'] * (fields['nt'] - 1):.6g}]{extra}")
         else:
             lines.append("time step: unknown (no valid t-coordinate)")
         nu = fields.get("nu")
-        lines.append(f"nu: {nu:g} (from {fields['nu_source']}; equation uses nu/pi)"
+        lines.append(f"nu: {nu:g} (from {fields.get('nu_source')}; equation uses nu/pi)"
                      if nu is not None else "nu: unknown (no nu attribute, no _Nu in the name)")
         lines.append(f"NaN/Inf check: {fields.get('checked', 0)} of {fields['n']} trajectories read")
     lines.extend(f"problem: {p}" for p in problems)
     if not problems:
         lines.append("problems: none")
-    return lines
+    return lines, problems

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 import os
 import socket
@@ -45,7 +46,7 @@ def param_space(
     return {
         "arm": tune.grid_search(list(arms)),
         "seed": tune.grid_search(profile_seeds(matrix, profile)),
-        "arm_configs": arm_configs,
+        "arm_configs": json.dumps(arm_configs),  # one opaque value: Tune would flatten a dict into 500 columns
         "profile": profile,
         "study_name": matrix.name,
         "study_dir": study_dir or default_study_dir(matrix, profile),
@@ -62,6 +63,8 @@ def init_ray(num_cpus: int | None = None) -> None:
     import ray
 
     os.environ.update(TRAIN_ENV)
+    # per-epoch stage results carry losses; the study metrics arrive with the trial's final report
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     if "WANDB_API_KEY" not in os.environ:
         os.environ.setdefault("WANDB_MODE", "offline")
     env = {**TRAIN_ENV, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "WANDB_SILENT": "true"}
@@ -102,7 +105,8 @@ def max_concurrent(matrix: MatrixConfig, profile: str, arms: dict[str, RunConfig
     return max(1, min(limits))
 
 
-def _write_study_json(study_dir: str, matrix: MatrixConfig, profile: str, resume: bool) -> None:
+def _claim_storage(study_dir: str, matrix: MatrixConfig, profile: str, resume: bool) -> bool:
+    """Refuse a folder holding another study (or this one, without --resume); True when study.json is due."""
     path = storage.join(study_dir, "study.json")
     if storage.exists(path):
         existing = storage.read_json(path)
@@ -115,10 +119,14 @@ def _write_study_json(study_dir: str, matrix: MatrixConfig, profile: str, resume
         if not same:
             raise UserError(f"holds a different study ({existing.get('name')}, {existing.get('profile')})",
                             file=study_dir, field="--storage")
-        return
+        return False
     if resume:
         raise UserError("no study to resume here", file=study_dir, field="--resume")
-    storage.write_json_atomic(path, {
+    return True
+
+
+def _write_study_json(study_dir: str, matrix: MatrixConfig, profile: str) -> None:
+    storage.write_json_atomic(storage.join(study_dir, "study.json"), {
         "name": matrix.name, "matrix": to_dict(matrix), "profile": profile,
         "seeds": profile_seeds(matrix, profile), "arms": list(matrix.arms),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -145,8 +153,10 @@ def run_study(
 
         print_plan(matrix, profile, arms, study_dir)
         return 0
-    _write_study_json(study_dir, matrix, profile, resume)
-    _prepare_data(arms)
+    fresh = _claim_storage(study_dir, matrix, profile, resume)
+    _prepare_data(arms)  # before anything is written: a data problem leaves the folder untouched
+    if fresh:
+        _write_study_json(study_dir, matrix, profile)
     init_ray()
     import ray
     from ray import tune

@@ -7,6 +7,7 @@ trial skips finished stages and resumes an interrupted one from its last checkpo
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -21,7 +22,10 @@ from raysim.config import RunConfig, build_run, deep_merge, nest_dotted, to_dict
 def resolve_trial_config(config: dict[str, Any]) -> RunConfig:
     """The run config of a trial from its Tune config (arm, seed, arm_configs, overrides)."""
     arm, seed = config["arm"], int(config["seed"])
-    data = deep_merge(config["arm_configs"][arm], {"seed": seed})
+    arm_configs = config["arm_configs"]
+    if isinstance(arm_configs, str):
+        arm_configs = json.loads(arm_configs)
+    data = deep_merge(arm_configs[arm], {"seed": seed})
     for key, value in (config.get("overrides") or {}).items():  # e.g. a user's search over operator.lr
         data = deep_merge(data, nest_dotted(key, value))
     return build_run(data, f"trial {trial_key(arm, seed)}", check_paths=False)
@@ -84,6 +88,7 @@ def run_trial(config: dict[str, Any], report) -> dict[str, Any]:
     storage.write_json_atomic(storage.join(trial_dir, "result.json"), record)
     start = time.time()
     callbacks = _tune_callbacks()
+    timings: dict[str, float] = {}
     try:
         ckpts = {}
         for stage, fn in (("operator", operator_train_fn_per_worker), ("diffusion", diffusion_train_fn_per_worker)):
@@ -93,8 +98,10 @@ def run_trial(config: dict[str, Any], report) -> dict[str, Any]:
                 extra: dict[str, Any] = {"wandb": _wandb_settings(cfg, study_dir, study, key, stage)}
                 if stage == "diffusion":
                     extra["operator_checkpoint"] = ckpts["operator"]
+                fit_start = time.time()
                 result = fit_stage(fn, cfg, run_name=f"{key}-{stage}", storage_path=storage.join(study_dir, "train"),
                                    extra=extra, callbacks=callbacks)
+                timings[f"{stage}_fit_seconds"] = time.time() - fit_start
                 if result.checkpoint is None:
                     raise RuntimeError(f"{stage} stage reported no checkpoint")
                 stages[stage] = _checkpoint_uri(study_dir, result.checkpoint)
@@ -110,8 +117,10 @@ def run_trial(config: dict[str, Any], report) -> dict[str, Any]:
             record["wandb"][stage] = wandb["id"] if wandb else None
         train_seconds = time.time() - start
         report({"stage": "evaluation", "arm": arm})
+        eval_start = time.time()
         metrics, per_traj, per_step = ray.get(_evaluate_remote(cfg).remote(to_dict(cfg), ckpts["operator"],
                                                                           ckpts.get("diffusion")))
+        timings["evaluation_seconds"] = time.time() - eval_start
         wall = time.time() - start
         gpus = cfg.resources.num_workers if cfg.resources.use_gpu else 0
         metrics.update({
@@ -121,7 +130,7 @@ def run_trial(config: dict[str, Any], report) -> dict[str, Any]:
             "samples_per_second": record["history"]["operator"][-1]["samples_per_second"],
             "gpu_hours": wall * gpus / 3600.0,
         })
-        record.update(status="finished", metrics=metrics, wall_seconds=wall)
+        record.update(status="finished", metrics=metrics, wall_seconds=wall, timings=timings)
         storage.write_npz_atomic(storage.join(trial_dir, "per_trajectory.npz"), per_traj)
         storage.write_npz_atomic(storage.join(trial_dir, "per_step.npz"), per_step)
         storage.write_json_atomic(storage.join(trial_dir, "result.json"), record)
