@@ -170,13 +170,13 @@ def _engine_trial(cfg: RunConfig, work: Path) -> dict[str, float]:
     from ray import tune
 
     from raysim.analysis import storage
-    from raysim.tune.study import TRIAL_RESOURCES
+    from raysim.tune.study import trial_resources
     from raysim.tune.trial import trainable
 
     space = {"arm": cfg.name, "seed": cfg.seed, "arm_configs": {cfg.name: to_dict(cfg)}, "profile": "bench",
              "study_dir": str(work), "study_name": "bench"}
     start = time.perf_counter()
-    tuner = tune.Tuner(tune.with_resources(trainable, TRIAL_RESOURCES), param_space=space,
+    tuner = tune.Tuner(tune.with_resources(trainable, trial_resources()), param_space=space,
                        run_config=tune.RunConfig(name="tune", storage_path=str(work), verbose=0))
     grid = tuner.fit()
     total = time.perf_counter() - start

@@ -23,7 +23,10 @@ from raysim.config import (
 from raysim.errors import UserError
 from raysim.train.ray_stage import TRAIN_ENV
 
-TRIAL_RESOURCES = {"CPU": 0.01}  # the trial function only drives trainers; its workers hold the CPUs
+# The trial function only drives trainers; its workers hold the CPUs. A fractional CPU per trial would leave
+# 1.98 of 2 CPUs, and two 1-CPU stage workers could never run together: trials take a custom resource instead.
+TRIAL_SLOT = "raysim_trial_slot"
+TRIAL_RESOURCES = {TRIAL_SLOT: 1}
 
 
 def param_space(
@@ -77,8 +80,20 @@ def init_ray(num_cpus: int | None = None) -> None:
     # several run on one machine (leaking the stage's resources): name ours explicitly.
     port = _free_port()
     env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    ray.init(address="local", num_cpus=num_cpus, runtime_env={"env_vars": env}, dashboard_host="127.0.0.1",
-             dashboard_port=port, include_dashboard=True, log_to_driver=True)
+    ray.init(address="local", num_cpus=num_cpus, resources={TRIAL_SLOT: 1000}, runtime_env={"env_vars": env},
+             dashboard_host="127.0.0.1", dashboard_port=port, include_dashboard=True, log_to_driver=True)
+
+
+def trial_resources() -> dict[str, float]:
+    """What a trial driver asks for on the current cluster: the head's resource, our slot, or a sliver of CPU."""
+    import ray
+
+    available = ray.cluster_resources()
+    if available.get("head"):  # cluster.yaml: keeps trial drivers on the CPU head, off the A100 nodes
+        return {"head": 0.001}
+    if available.get(TRIAL_SLOT):
+        return dict(TRIAL_RESOURCES)
+    return {"CPU": 0.01}  # a foreign cluster: a sliver of CPU (leaves one CPU fewer for workers)
 
 
 def _free_port() -> int:
