@@ -35,3 +35,16 @@ def test_a_bad_override_in_a_search_fails_with_the_field(tmp_path):
     space = param_space(load_matrix(PHASE3), "smoke", study_dir=str(tmp_path))
     with pytest.raises(ConfigErrors, match=r"operator\.lr"):
         resolve_trial_config({**space, "arm": "pure-128", "seed": 0, "overrides": {"operator.lr": -1.0}})
+
+
+def test_an_arm_counts_as_done_when_its_last_trial_completes():
+    from types import SimpleNamespace
+
+    from raysim.tune.callbacks import StudyCallback
+
+    def trial(arm, status):
+        return SimpleNamespace(config={"arm": arm}, status=status)
+
+    a0, a1, b0 = trial("a", "TERMINATED"), trial("a", "RUNNING"), trial("b", "RUNNING")
+    assert StudyCallback._done_arms([a0, a1, b0], a1) == {"a"}  # a1 is completing right now
+    assert StudyCallback._done_arms([a0, a1, b0], b0) == {"b"}  # a1 still runs: arm a is not done

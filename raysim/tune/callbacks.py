@@ -33,21 +33,23 @@ class StudyCallback(Callback):
         per_traj = load_per_trajectory(self.study_dir, self.matrix.metric)
         return evaluate_hypotheses(df, self.matrix.hypotheses, per_traj, self.matrix.metric)
 
-    def _done_arms(self, trials: list[Any]) -> set[str]:
-        done = {t.config.get("arm") for t in trials if t.status in ("TERMINATED", "ERROR")}
-        pending = {t.config.get("arm") for t in trials if t.status not in ("TERMINATED", "ERROR")}
-        return done - pending
+    @staticmethod
+    def _done_arms(trials: list[Any], just_done: Any) -> set[str]:
+        # the trial being completed still shows its old status while its callback runs
+        finished = [t for t in trials if t is just_done or t.status in ("TERMINATED", "ERROR")]
+        pending = {t.config.get("arm") for t in trials if t not in finished}
+        return {t.config.get("arm") for t in finished} - pending
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._announce(trials)
+        self._announce(trials, trial)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         print(f"[raysim] trial {trial.config.get('arm')} seed {trial.config.get('seed')} failed; "
               "the report will say why", flush=True)
-        self._announce(trials)
+        self._announce(trials, trial)
 
-    def _announce(self, trials: list[Any]) -> None:
-        done = self._done_arms(trials)
+    def _announce(self, trials: list[Any], just_done: Any) -> None:
+        done = self._done_arms(trials, just_done)
         ready = [h for h in self.matrix.hypotheses if h.id not in self._announced
                  and h.candidate in done and (h.reference is None or h.reference in done)]
         if not ready:
