@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from raysim.analysis.hypotheses import finite_float
+
 DEFAULT_COST_PER_GPU_HOUR = 1.89  # USD, the guide's A100 rate
-
-
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def trial_cost(result: Mapping[str, Any]) -> dict[str, float]:
     """GPU hours and USD of one trial: its `gpu_hours` metric (else wall time x GPU workers) x the config's rate."""
     resources = (result.get("config") or {}).get("resources") or {}
-    rate = _number(resources.get("cost_per_gpu_hour"))
+    rate = finite_float(resources.get("cost_per_gpu_hour"))
     rate = DEFAULT_COST_PER_GPU_HOUR if rate is None else rate
-    gpu_hours = _number((result.get("metrics") or {}).get("gpu_hours"))
+    gpu_hours = finite_float((result.get("metrics") or {}).get("gpu_hours"))
     if gpu_hours is None:
-        wall = _number(result.get("wall_seconds")) or 0.0
+        wall = finite_float(result.get("wall_seconds")) or 0.0
         uses_gpu = bool(resources.get("use_gpu")) and not resources.get("force_cpu")
-        workers = _number(resources.get("num_workers")) or 1.0
+        workers = finite_float(resources.get("num_workers")) or 1.0
         gpu_hours = wall / 3600.0 * workers if uses_gpu else 0.0
     return {"gpu_hours": gpu_hours, "usd": gpu_hours * rate, "cost_per_gpu_hour": rate}
 

@@ -159,8 +159,8 @@ def _hypothesis_dict(h: Any) -> dict[str, Any]:
     return out
 
 
-def _finite(value: Any) -> float | None:
-    """A finite float, or None."""
+def finite_float(value: Any) -> float | None:
+    """A finite float, or None (for metrics that may be missing, NaN or not numbers)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -216,7 +216,7 @@ def evaluate_hypothesis(
     tolerance, margin = float(hyp["tolerance"]), float(hyp["margin"])
     candidate = hyp.get("candidate")
     reference = hyp["reference"]
-    fixed = _finite(hyp["reference_value"]) if reference is None else None
+    fixed = finite_float(hyp["reference_value"]) if reference is None else None
     out: dict[str, Any] = {
         "id": hyp["id"],
         "description": hyp["description"],
@@ -246,8 +246,8 @@ def evaluate_hypothesis(
     seed_values = seed_values or {}
 
     def value_of(arm: str) -> float | None:
-        if _finite(values.get(arm)) is not None:
-            return _finite(values.get(arm))
+        if finite_float(values.get(arm)) is not None:
+            return finite_float(values.get(arm))
         if arm in per_traj and np.size(per_traj[arm]) and np.all(np.isfinite(per_traj[arm])):
             return float(np.mean(per_traj[arm]))
         return None

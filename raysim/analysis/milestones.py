@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from raysim.analysis.hypotheses import finite_float
 from raysim.config import METRICS
 
 STAGES = ("operator", "diffusion")
@@ -21,14 +22,6 @@ MILESTONES = (
     "evaluation metrics logged",
     "checkpoints loadable",
 )
-
-
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _check(name: str, passed: bool | None, detail: str) -> dict[str, Any]:
@@ -58,7 +51,7 @@ def _final_loss(result: Mapping[str, Any], stage: str) -> float | None:
 def _threshold(result: Mapping[str, Any], stage: str, stage_thresholds: Mapping[str, float] | None) -> float:
     if stage_thresholds and stage in stage_thresholds:
         return float(stage_thresholds[stage])
-    configured = _finite(((result.get("config") or {}).get(stage) or {}).get("final_loss_threshold"))
+    configured = finite_float(((result.get("config") or {}).get(stage) or {}).get("final_loss_threshold"))
     return DEFAULT_THRESHOLDS[stage] if configured is None else configured
 
 
@@ -146,7 +139,7 @@ def _metrics_logged(result: Mapping[str, Any], stages: list[str]) -> dict[str, A
     metrics = result.get("metrics") or {}
     required = [m for m in METRICS if "diffusion" in stages or m not in TTC_METRICS]
     missing = [m for m in required if m not in metrics or metrics[m] is None]
-    bad = [m for m in required if m not in missing and _finite(metrics[m]) is None]
+    bad = [m for m in required if m not in missing and finite_float(metrics[m]) is None]
     if not missing and not bad:
         return _check("evaluation metrics logged", True, f"{len(required)} metrics, all finite")
     parts = []
