@@ -105,3 +105,20 @@ def test_promote_gates_against_the_champion(study, tmp_path):
     assert len(list(csv.DictReader(board.open()))) == 1
     bad = raysim("promote", str(study["dir"]), "--arm", "pure-512", *common)
     assert bad.returncode == 2 and "--arm" in bad.stderr
+
+
+def test_seed_compatible_scripts(study, tmp_path):
+    def script(name, *args):
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], capture_output=True,
+                              text=True, timeout=300, cwd=ROOT)
+
+    assert script("validate_config.py", PHASE3).returncode == 0
+    assert script("validate_config.py", str(tmp_path / "missing.yaml")).returncode == 2
+    out = tmp_path / "reports" / "phase3"
+    proc = script("analyze_phase3_ablation.py", "--study", str(study["dir"]), "--output-dir", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "architecture_comparison.csv").is_file() and (out / "hypotheses.json").is_file()
+    board = tmp_path / "board.csv"
+    proc = script("promote_config.py", str(study["dir"]), "--arm", "pure-256", "--update-leaderboard",
+                  "--leaderboard", str(board), "--promoted-dir", str(tmp_path / "promoted"))
+    assert proc.returncode == 0 and board.is_file(), proc.stderr
