@@ -229,7 +229,10 @@ def bench_overhead(out: Path, quick: bool = False, repeats: int = 3) -> dict[str
     return figures
 
 
-def run_bench(what: str, out: Path, quick: bool = False) -> int:
+def run_bench(what: str, out: Path, quick: bool = False, repeats: int = 3) -> int:
     """Dispatch `raysim bench WHAT`."""
-    {"overhead": bench_overhead, "train": bench_train, "data": bench_data}[what](out, quick=quick)
+    if what == "overhead":
+        bench_overhead(out, quick=quick, repeats=repeats)
+    else:
+        {"train": bench_train, "data": bench_data}[what](out, quick=quick)
     return 0

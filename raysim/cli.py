@@ -79,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("what", choices=["overhead", "train", "data"])
     be.add_argument("--out", default="results/bench")
     be.add_argument("--quick", action="store_true", help="a fast harness check, not a measurement")
+    be.add_argument("--repeats", type=int, default=3, help="A/B repetitions of the overhead benchmark")
     _commands(p, sub)
     return p
 
@@ -311,7 +312,9 @@ def _promote(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from raysim.bench import run_bench
 
-    return run_bench(args.what, Path(args.out), quick=args.quick)
+    if args.repeats < 1:
+        raise UserError(f"must be a positive integer, got {args.repeats}", file="raysim bench", field="--repeats")
+    return run_bench(args.what, Path(args.out), quick=args.quick, repeats=args.repeats)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,7 @@ def param_space(
         "arm_configs": json.dumps(arm_configs),  # one opaque value: Tune would flatten a dict into 500 columns
         "profile": profile,
         "study_name": matrix.name,
+        "study_tags": list(matrix.tags),
         "study_dir": study_dir or default_study_dir(matrix, profile),
     }
 

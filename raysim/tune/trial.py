@@ -55,13 +55,16 @@ def _stage_summary(checkpoint) -> dict[str, Any]:
             "final_train_loss": history[-1]["train_loss"] if history else float("nan")}
 
 
-def _wandb_settings(cfg: RunConfig, study_dir: str, study: str, key: str, stage: str) -> dict[str, Any] | None:
+def _wandb_settings(
+    cfg: RunConfig, study_dir: str, study: str, key: str, stage: str, tags: list[str] | tuple[str, ...] = ()
+) -> dict[str, Any] | None:
     if not cfg.logging.wandb or cfg.logging.mode == "disabled":
         return None
     local = study_dir if not storage.is_uri(study_dir) else os.path.expanduser("~/.cache/raysim")
     run_id = f"{study}-{key}-{stage}".replace(".", "_").replace("=", "_").replace(",", "_")
-    return {"project": cfg.logging.project, "group": cfg.logging.group or study, "tags": [*cfg.logging.tags, stage],
-            "mode": cfg.logging.mode, "dir": os.path.join(local, "wandb"), "id": run_id, "name": f"{key}-{stage}"}
+    return {"project": cfg.logging.project, "group": cfg.logging.group or study,
+            "tags": sorted({*cfg.logging.tags, *tags, stage}), "mode": cfg.logging.mode,
+            "dir": os.path.join(local, "wandb"), "id": run_id, "name": f"{key}-{stage}"}
 
 
 def run_trial(config: dict[str, Any], report) -> dict[str, Any]:
@@ -88,6 +91,10 @@ def run_trial(config: dict[str, Any], report) -> dict[str, Any]:
     storage.write_json_atomic(storage.join(trial_dir, "result.json"), record)
     start = time.time()
     callbacks = _tune_callbacks()
+
+    def wandb_for(stage: str) -> dict[str, Any] | None:
+        return _wandb_settings(cfg, study_dir, study, key, stage, config.get("study_tags", []))
+
     timings: dict[str, float] = {}
     try:
         ckpts = {}
@@ -95,7 +102,7 @@ def run_trial(config: dict[str, Any], report) -> dict[str, Any]:
             if stage == "diffusion" and not cfg.diffusion.enabled:
                 continue
             if stage not in stages:
-                extra: dict[str, Any] = {"wandb": _wandb_settings(cfg, study_dir, study, key, stage)}
+                extra: dict[str, Any] = {"wandb": wandb_for(stage)}
                 if stage == "diffusion":
                     extra["operator_checkpoint"] = ckpts["operator"]
                 fit_start = time.time()
@@ -113,7 +120,7 @@ def run_trial(config: dict[str, Any], report) -> dict[str, Any]:
             early = summary["epochs_run"] < stage_cfg.epochs
             record["stage_info"][stage] = {**summary, "epochs_planned": stage_cfg.epochs, "early_stopped": early,
                                            "checkpoint": stages[stage]}
-            wandb = _wandb_settings(cfg, study_dir, study, key, stage)
+            wandb = wandb_for(stage)
             record["wandb"][stage] = wandb["id"] if wandb else None
         train_seconds = time.time() - start
         report({"stage": "evaluation", "arm": arm})
