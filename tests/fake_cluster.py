@@ -131,7 +131,7 @@ class FakeCluster:
         include_dashboard: bool = True,
         update_interval_s: int = 1,
         extra_env: dict[str, str] | None = None,
-        start_timeout_s: float = 60.0,
+        start_timeout_s: float = 180.0,  # `ray start` took >60 s once with other Ray work loading 2 cores
     ):
         self.max_workers = max_workers
         self.idle_timeout_minutes = idle_timeout_minutes

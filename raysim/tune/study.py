@@ -174,16 +174,12 @@ def run_study(
     if fresh:
         _write_study_json(study_dir, matrix, profile)
     init_ray()
-    import ray
     from ray import tune
 
     from raysim.tune.callbacks import StudyCallback
     from raysim.tune.trial import trainable
 
-    resources = dict(TRIAL_RESOURCES)
-    if ray.cluster_resources().get("head"):  # cluster.yaml's head resource keeps trial drivers off GPU nodes
-        resources["head"] = 0.001
-    trainable_with_resources = tune.with_resources(trainable, resources)
+    trainable_with_resources = tune.with_resources(trainable, trial_resources())
     callback = StudyCallback(study_dir, matrix)
     experiment = storage.join(study_dir, "tune")
     if resume and tune.Tuner.can_restore(experiment):
