@@ -32,3 +32,14 @@ def test_readme_tune_search_example_runs(tmp_path):
     trials = list((tmp_path / "trials").glob("pure-128__seed0__*/result.json"))
     assert len(trials) == 2  # two sampled configurations, two trial folders, no collision
     assert "operator.lr" in proc.stdout
+
+
+def test_the_main_job_starts_on_a_fresh_clone(monkeypatch):
+    # `raysim run ablations/phase3.yaml` refuses a storage folder that already holds a study: none may be committed
+    from raysim.config import load_matrix
+
+    monkeypatch.chdir(ROOT)
+    from raysim.tune.study import default_study_dir
+
+    matrix = load_matrix(ROOT / "ablations" / "phase3.yaml")
+    assert not (Path(default_study_dir(matrix, matrix.default_profile)) / "study.json").exists()
