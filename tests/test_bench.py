@@ -39,3 +39,11 @@ def test_bench_overhead_quick(tmp_path):
     figures = _bench("overhead", tmp_path)
     assert figures["overhead_ratio"] > 0 and figures["plain_median"] > 0
     assert set(figures["breakdown_median_seconds"]) >= {"operator", "diffusion", "evaluation", "total"}
+
+
+def test_bench_rejects_non_positive_repeats(capsys):
+    from raysim.cli import main
+
+    assert main(["bench", "overhead", "--repeats", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--repeats" in err and "Traceback" not in err
