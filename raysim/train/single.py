@@ -43,6 +43,6 @@ def train_one(config: str, arm: str | None = None, profile: str | None = None, s
     init_ray()
     trial = {"arm": name, "seed": cfg.seed, "arm_configs": {name: data}, "profile": profile,
              "study_dir": out_dir, "study_name": name}
-    metrics = run_trial(trial, report=lambda m: None)
+    metrics = run_trial(trial)
     storage.write_json_atomic(metrics_file, metrics)
     return metrics

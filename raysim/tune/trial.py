@@ -67,7 +67,7 @@ def _wandb_settings(
             "dir": os.path.join(local, "wandb"), "id": run_id, "name": f"{key}-{stage}"}
 
 
-def run_trial(config: dict[str, Any], report) -> dict[str, Any]:
+def run_trial(config: dict[str, Any]) -> dict[str, Any]:
     """Operator stage, diffusion stage, evaluation; writes the trial's files; returns the metrics."""
     import ray
 
@@ -101,8 +101,9 @@ def run_trial(config: dict[str, Any], report) -> dict[str, Any]:
         for stage, fn in (("operator", operator_train_fn_per_worker), ("diffusion", diffusion_train_fn_per_worker)):
             if stage == "diffusion" and not cfg.diffusion.enabled:
                 continue
+            wandb = wandb_for(stage)
             if stage not in stages:
-                extra: dict[str, Any] = {"wandb": wandb_for(stage)}
+                extra: dict[str, Any] = {"wandb": wandb}
                 if stage == "diffusion":
                     extra["operator_checkpoint"] = ckpts["operator"]
                 fit_start = time.time()
@@ -120,10 +121,8 @@ def run_trial(config: dict[str, Any], report) -> dict[str, Any]:
             early = summary["epochs_run"] < stage_cfg.epochs
             record["stage_info"][stage] = {**summary, "epochs_planned": stage_cfg.epochs, "early_stopped": early,
                                            "checkpoint": stages[stage]}
-            wandb = wandb_for(stage)
             record["wandb"][stage] = wandb["id"] if wandb else None
         train_seconds = time.time() - start
-        report({"stage": "evaluation", "arm": arm})
         eval_start = time.time()
         metrics, per_traj, per_step = ray.get(_evaluate_remote(cfg).remote(to_dict(cfg), ckpts["operator"],
                                                                           ckpts.get("diffusion")))
@@ -194,5 +193,5 @@ def trainable(config: dict[str, Any]) -> None:
     """The public Tune function trainable: `tune.Tuner(raysim.tune.trainable, param_space=...)`."""
     from ray import tune
 
-    metrics = run_trial(config, report=lambda m: None)
+    metrics = run_trial(config)
     tune.report({**metrics, "arm": config["arm"], "seed": config["seed"], "stage": "done"})
