@@ -167,6 +167,7 @@ class ResourcesConfig:
     accelerator_type: str | None = None
     force_cpu: bool = False  # run on CPU even where a (fake) GPU is visible
     torch_threads: int | None = None
+    min_micro_batch: int = 1  # the floor of out-of-memory retries (halved micro-batch, doubled accumulation)
     cost_per_gpu_hour: float = 1.89  # USD, the guide's A100 rate
 
 
@@ -470,7 +471,7 @@ def validate_run(cfg: RunConfig, file: str, errors: list[UserError], check_paths
     for name in ("horizon", "max_trajectories"):
         if getattr(cfg.evaluation, name) is not None:
             _positive(errors, file, cfg.evaluation, "evaluation", name)
-    _positive(errors, file, cfg.resources, "resources", "num_workers cpus_per_worker")
+    _positive(errors, file, cfg.resources, "resources", "num_workers cpus_per_worker min_micro_batch")
     if cfg.resources.torch_threads is not None:
         _positive(errors, file, cfg.resources, "resources", "torch_threads")
     if cfg.resources.accelerator_type and not cfg.resources.use_gpu:

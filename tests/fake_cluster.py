@@ -14,6 +14,9 @@ line names that temp dir or its GCS address (plus their children), by PID. It ne
     with FakeCluster(max_workers=3) as cluster:
         subprocess.run([sys.executable, "-m", "raysim.cli", "run", ...], env=cluster.client_env())
 
+`FakeCluster(autoscaling=False)` is a plain head (no fake provider, no worker nodes) that `start()`
+returns once its dashboard answers: the job API that `ray job submit` talks to (tests/test_job_submit.py).
+
 `client_env()` is the environment for a driver subprocess: `RAY_ADDRESS` (the GCS address),
 `RAY_API_SERVER_ADDRESS` (its dashboard, for the State API), the same `RAY_AUTH_MODE` as the
 cluster (token auth would otherwise make `ray.init(address=...)` fail with InvalidAuthToken),
@@ -34,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -132,6 +136,7 @@ class FakeCluster:
         update_interval_s: int = 1,
         extra_env: dict[str, str] | None = None,
         start_timeout_s: float = 180.0,  # `ray start` took >60 s once with other Ray work loading 2 cores
+        autoscaling: bool = True,  # False: a plain head (no fake provider, no worker nodes), e.g. for `ray job`
     ):
         self.max_workers = max_workers
         self.idle_timeout_minutes = idle_timeout_minutes
@@ -145,6 +150,7 @@ class FakeCluster:
         self.update_interval_s = update_interval_s
         self.extra_env = dict(extra_env or {})
         self.start_timeout_s = start_timeout_s
+        self.autoscaling = autoscaling
         self.temp_dir: Path | None = None
         self.port: int | None = None
         self.dashboard_port: int | None = None
@@ -162,18 +168,21 @@ class FakeCluster:
         self.dashboard_port = free_port()
         # Ray maps 127.0.0.1 to the node's IP anyway (nodes register as that IP): use it from the start
         self.address = f"{_node_ip()}:{self.port}"
-        config = autoscaling_config(
-            self.address,
-            head_resources={"CPU": self.head_cpus, **self.head_resources},
-            worker_types=self.worker_types,
-            max_workers=self.max_workers,
-            idle_timeout_minutes=self.idle_timeout_minutes,
-        )
-        config_path = self.temp_dir / "autoscaling.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         env = _base_env()
-        env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S=str(self.update_interval_s),
-                   **self._address_env(), **self.extra_env)
+        autoscaling_args = []
+        if self.autoscaling:
+            config = autoscaling_config(
+                self.address,
+                head_resources={"CPU": self.head_cpus, **self.head_resources},
+                worker_types=self.worker_types,
+                max_workers=self.max_workers,
+                idle_timeout_minutes=self.idle_timeout_minutes,
+            )
+            config_path = self.temp_dir / "autoscaling.yaml"
+            config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+            env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S=str(self.update_interval_s))
+            autoscaling_args = [f"--autoscaling-config={config_path}"]
+        env.update(**self._address_env(), **self.extra_env)
         cmd = [
             RAY_BIN, "start", "--head",
             f"--port={self.port}",
@@ -182,7 +191,7 @@ class FakeCluster:
             "--num-gpus=0",
             f"--resources={json.dumps(self.head_resources)}",
             f"--object-store-memory={self.object_store_bytes}",
-            f"--autoscaling-config={config_path}",
+            *autoscaling_args,
             f"--include-dashboard={'true' if self.include_dashboard else 'false'}",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={self.dashboard_port}",
@@ -199,7 +208,11 @@ class FakeCluster:
             if proc.returncode != 0:
                 raise RuntimeError(f"ray start failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
                                    f"{proc.stderr[-3000:]}")
-            self.wait_for(lambda: self._monitor_running(), timeout=self.start_timeout_s, what="autoscaler monitor")
+            if self.autoscaling:
+                self.wait_for(lambda: self._monitor_running(), timeout=self.start_timeout_s,
+                              what="autoscaler monitor")
+            if self.include_dashboard and not self.autoscaling:  # the job API answers once this does
+                self.wait_for(self._dashboard_up, timeout=self.start_timeout_s, what="dashboard")
         except BaseException:
             self.stop()
             raise
@@ -277,6 +290,20 @@ class FakeCluster:
 
     def _monitor_running(self) -> bool:
         return any("monitor.py" in " ".join(p.cmdline()) for p in self.processes() if _alive(p))
+
+    def dashboard_url(self) -> str:
+        """The dashboard's HTTP address: the job API (`ray job submit --address`) and the State API."""
+        if self.dashboard_port is None or not self.include_dashboard:
+            raise RuntimeError("cluster not started, or started without the dashboard")
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def _dashboard_up(self) -> bool:
+        try:
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an http_proxy
+            with opener.open(f"{self.dashboard_url()}/api/version", timeout=5) as response:
+                return response.status == 200
+        except OSError:
+            return False
 
     def _address_env(self) -> dict[str, str]:
         """Where this cluster's GCS and dashboard are, for every process that might look them up.

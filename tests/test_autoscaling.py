@@ -122,18 +122,17 @@ class TestPlainTasks:
 # ----------------------------------------------------------------------------- the Phase 3 smoke study
 # `raysim run ablations/phase3.yaml --profile smoke` (all 5 arms, tiny) joined to its own fake cluster,
 # every stage asking for an A100 (computed on CPU: force_cpu). The head has no GPU and advertises what
-# cluster.yaml's head does (`head: 1`), so every trainer worker and every evaluation task must run on a
+# cluster.yaml's head does (`head: 1`), so every trainer worker (training and evaluation) must run on a
 # launched fake A100 node while the trial drivers stay on the head. All fake nodes share this machine's
 # hostname, so the trials' result.json `node` field cannot tell them apart: placement comes from Ray itself
-# -- Ray Train's record of each stage run (`<arm>__seed0-<stage>`: its worker's node id, GPU ids, start and
-# end), the State API's actors and tasks (trainer workers, evaluation tasks, Tune's trial actors) -- and
+# -- Ray Train's record of each trial's run (`<arm>__seed0`: both stages and evaluation in one worker; its
+# node id, GPU ids, start and end), the State API's actors and tasks (trainer workers, Tune's trial actors) -- and
 # a monitor process that samples the alive nodes and trainer workers once a second.
 
 ARMS = ["pure-128", "pure-128-chansep", "pure-256", "ushaped-128", "ushaped-256"]
-STAGES = ("operator", "diffusion")
 STUDY_MAX_WORKERS = 2  # the smoke profile runs 2 trials at once: one fake A100 node each
-# Longer than the gap between a trial's two stages or between two trials on a node (up to ~40 s on 2
-# loaded cores: Train's shutdown and start-up), so a node is not removed and relaunched mid-study (at 0.5
+# Longer than the gap between two trials on a node (up to ~40 s on 2 loaded cores: Train's shutdown and
+# start-up), so a node is not removed and relaunched mid-study (at 0.5
 # min it was, four nodes for two slots); short enough to watch the scale-down.
 STUDY_IDLE_MINUTES = 1.0
 SCALE_DOWN_MARGIN_S = 60.0
@@ -214,9 +213,6 @@ print(json.dumps({
         for a in attempts.get(r.id, {}).values()]} for r in train_runs.values()],
     "run_train_fn": [{"node": t.node_id, "state": t.state}
                      for t in tasks(("func_or_class_name", "=", "RayTrainWorker.run_train_fn"))],
-    "evaluations": [{"name": t.func_or_class_name, "node": t.node_id, "state": t.state, "error": t.error_type,
-                     "message": (t.error_message or "")[-1500:]}
-                    for t in tasks(("type", "=", "NORMAL_TASK")) if t.func_or_class_name.endswith("evaluate")],
 }))
 """
 
@@ -342,41 +338,39 @@ class TestSmokeStudy:
         assert {n["id"] for n in launched} >= set(study["nodes_seen"])
         assert all(not n["head"] for n in launched)
 
-    def test_every_stage_trained_on_a100_nodes_in_parallel(self, study):
+    def test_every_trial_trained_and_evaluated_on_a100_nodes_in_parallel(self, study):
         placement = study["placement"]
         a100 = {n["id"] for n in placement["nodes"] if n["a100"]}
-        # Ray Train's record of each stage run (named `<arm>__seed0-<stage>` by the trial driver): the
-        # attempt that finished ran its one worker on a launched A100 node, holding one (fake) GPU
+        # Ray Train's record of each trial's run (named `<arm>__seed0` by the trial driver; both stages and
+        # evaluation run in its worker): the attempt that finished ran its one worker on a launched A100
+        # node, holding one (fake) GPU
         runs = {r["name"]: r for r in placement["train_runs"]}
         where: dict[str, tuple[str, int, int]] = {}
         for arm in ARMS:
-            for stage in STAGES:
-                run = runs.get(f"{arm}__seed0-{stage}")
-                assert run is not None and run["status"] == "FINISHED", (arm, stage, run, sorted(runs))
-                done = [a for a in run["attempts"] if a["status"] == "FINISHED"]
-                assert len(done) == 1 and len(done[0]["workers"]) == 1, run
-                worker = done[0]["workers"][0]
-                assert worker["node"] in a100 and len(worker["gpu_ids"]) == 1, (run, a100)
-                where[f"{arm}-{stage}"] = (worker["node"], done[0]["start_ns"], done[0]["end_ns"])
-        assert len({node for node, _, _ in where.values()}) >= 2, f"all stages on one node: {where}"
-        # in parallel: two stage runs on different nodes overlap in time, and the monitor saw trainer
-        # workers alive on two nodes at once
+            run = runs.get(f"{arm}__seed0")
+            assert run is not None and run["status"] == "FINISHED", (arm, run, sorted(runs))
+            done = [a for a in run["attempts"] if a["status"] == "FINISHED"]
+            assert len(done) == 1 and len(done[0]["workers"]) == 1, run
+            worker = done[0]["workers"][0]
+            assert worker["node"] in a100 and len(worker["gpu_ids"]) == 1, (run, a100)
+            where[arm] = (worker["node"], done[0]["start_ns"], done[0]["end_ns"])
+            stages = study["results"][f"{arm}__seed0"]["stage_info"]
+            assert sorted(stages) == ["diffusion", "operator"], stages
+        assert len({node for node, _, _ in where.values()}) >= 2, f"all trials on one node: {where}"
+        # in parallel: two runs on different nodes overlap in time, and the monitor saw trainer workers
+        # alive on two nodes at once
         overlap = [(a, b) for a, (na, sa, ea) in where.items() for b, (nb, sb, eb) in where.items()
                    if a < b and na != nb and sa < eb and sb < ea]
         assert overlap, where
         assert study["max_parallel"] >= 2, "trainer workers were never seen alive on two nodes at once"
         # the State API agrees: every trainer worker actor and every training call on an A100 node
         workers = [a for a in placement["actors"] if a["class"] == "RayTrainWorker"]
-        assert len(workers) >= len(ARMS) * len(STAGES) and {a["node"] for a in workers} <= a100, workers
+        assert len(workers) >= len(ARMS) and {a["node"] for a in workers} <= a100, workers
         assert {t["node"] for t in placement["run_train_fn"]} <= a100, placement["run_train_fn"]
 
-    def test_evaluation_on_a100_nodes_and_trial_drivers_on_the_head(self, study):
+    def test_trial_drivers_on_the_head(self, study):
         placement = study["placement"]
-        a100 = {n["id"] for n in placement["nodes"] if n["a100"]}
         head = {n["id"] for n in placement["nodes"] if n["head"]}
-        # evaluation is a task with a stage worker's resources: on the A100 nodes, never on the head
-        evaluations = [e for e in placement["evaluations"] if e["state"] == "FINISHED"]
-        assert len(evaluations) >= len(ARMS) and {e["node"] for e in evaluations} <= a100, placement["evaluations"]
         # the trial drivers (Tune's function trainable) ask for a sliver of cluster.yaml's `head` resource
         drivers = [a for a in placement["actors"] if a["class"] == "ImplicitFunc"]
         assert len(drivers) >= len(ARMS) and {a["node"] for a in drivers} <= head, drivers

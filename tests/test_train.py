@@ -123,3 +123,61 @@ def test_diffusion_stage_trains_on_the_frozen_operator(tiny, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)  # the operator stayed frozen
     corrector = load_stage_model(diff.checkpoint_dir)
     assert float(corrector.r_std) > 0
+
+
+# ----------------------------------------------------------------------------- the whole trial in one worker
+
+
+def _pipeline_metrics(ctx):
+    import json
+
+    return json.loads((ctx.checkpoint_dir / "evaluation" / "metrics.json").read_text())
+
+
+def test_trial_pipeline_resumes_at_the_interrupted_stage(tiny, tmp_path):
+    from raysim.train.pipeline import run_trial_pipeline
+
+    cfg = tiny()
+    straight = LocalStageContext(tmp_path / "straight")
+    progress = run_trial_pipeline(cfg, straight)
+    assert progress["completed"] == ["operator", "diffusion", "evaluation"] and progress["restarts"] == []
+    assert [(m["stage"], m.get("epoch")) for m in straight.metrics] == [
+        ("operator", 1), ("operator", 2), ("diffusion", 1), ("evaluation", None)]
+    for killed_after, resumed_at in ((1, ("operator", 1)), (2, ("diffusion", 0)), (3, ("evaluation", 0))):
+        with pytest.raises(Killed):
+            run_trial_pipeline(cfg, KilledAfter(tmp_path / f"killed{killed_after}", killed_after))
+        resumed = LocalStageContext(tmp_path / f"killed{killed_after}")
+        progress = run_trial_pipeline(cfg, resumed)
+        assert [(r["stage"], r["epoch"]) for r in progress["restarts"]] == [resumed_at]
+        assert [(m["stage"], m.get("epoch")) for m in resumed.metrics] == [
+            (m["stage"], m.get("epoch")) for m in straight.metrics[killed_after:]]  # nothing repeated
+        assert _pipeline_metrics(resumed) == pytest.approx(_pipeline_metrics(straight), rel=1e-6, nan_ok=True)
+
+
+def test_out_of_memory_halves_the_micro_batch_and_continues(tiny, tmp_path, monkeypatch):
+    import json
+
+    import raysim.train.stages as stages
+    from raysim.train.pipeline import run_trial_pipeline
+
+    real, ctx = stages.operator_loss, LocalStageContext(tmp_path / "oom")
+
+    def greedy(x, unroll):  # a device that holds 4 samples once the first epoch is over
+        inner = real(x, unroll)
+
+        def loss_fn(model, batch):
+            if model.training and ctx.metrics and len(batch["u"]) > 4:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+            return inner(model, batch)
+
+        return loss_fn
+
+    monkeypatch.setattr(stages, "operator_loss", greedy)
+    progress = run_trial_pipeline(tiny(operator={"epochs": 3}), ctx)
+    [oom] = progress["oom"]
+    assert (oom["batch_size_before"], oom["batch_size_after"], oom["grad_accum_after"]) == (8, 4, 2)
+    assert oom["max_steps_per_epoch_after"] == 6 and oom["effective_batch"] == 8
+    assert [m["epoch"] for m in ctx.metrics if m["stage"] == "operator"] == [1, 2, 3]  # epoch 1 kept, not redone
+    saved = json.loads((ctx.checkpoint_dir / "progress.json").read_text())
+    assert saved["stage_overrides"]["operator"]["batch_size"] == 4  # a restarted worker keeps the smaller batch
+    assert progress["completed"][-1] == "evaluation"

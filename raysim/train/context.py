@@ -1,10 +1,13 @@
-"""Where a stage runs: a Ray Train worker, or in-process (plain PyTorch, for benchmarks and tests)."""
+"""Where a trial runs: a Ray Train worker, or in-process (plain PyTorch, for benchmarks and tests).
+
+Both offer what the training loop needs: rank, world size, the checkpoint to resume from,
+model and loader preparation, and a report of metrics with a checkpoint directory.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,10 +17,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 
-class RayStageContext:
-    """A Ray Train V2 worker: report per epoch with a checkpoint, resume from the latest."""
+class RayWorker:
+    """A Ray Train V2 worker: reports with a checkpoint directory, resumes from the latest one."""
 
-    def __init__(self, wandb: dict[str, Any] | None = None) -> None:
+    def __init__(self) -> None:
         import ray.train
 
         logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per checkpoint and report
@@ -31,12 +34,6 @@ class RayStageContext:
             self._resume_dir = Path(tempfile.mkdtemp(prefix="raysim-resume-"))
             with ckpt.as_directory() as d:
                 shutil.copytree(d, self._resume_dir, dirs_exist_ok=True)
-        self._wandb = None
-        if wandb and self.rank == 0:
-            from ray.air.integrations.wandb import setup_wandb
-
-            os.makedirs(wandb["dir"], exist_ok=True)
-            self._wandb = setup_wandb(rank_zero_only=True, resume="allow", **wandb)
 
     def resume_dir(self) -> Path | None:
         return self._resume_dir
@@ -55,11 +52,6 @@ class RayStageContext:
         from ray.train import Checkpoint
 
         checkpoint = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
-        if self._wandb is not None:
-            self._wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-            if metrics.get("stage_done"):
-                self._wandb.finish()
-                self._wandb = None
         self._train.report(metrics, checkpoint=checkpoint)
 
 
@@ -79,7 +71,7 @@ class LocalStageContext:
         return self.out_dir / "checkpoint"
 
     def resume_dir(self) -> Path | None:
-        return self.checkpoint_dir if (self.checkpoint_dir / "state.pt").is_file() else None
+        return self.checkpoint_dir if self.checkpoint_dir.is_dir() and any(self.checkpoint_dir.iterdir()) else None
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model

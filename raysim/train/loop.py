@@ -49,10 +49,7 @@ def fit(
     seed: int = 0,
 ) -> LoopState:
     """Train `model` for `stage.epochs` epochs, reporting each epoch with a resumable checkpoint."""
-    steps_per_epoch = len(train_loader)
-    if stage.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, stage.max_steps_per_epoch)
-    opt_steps_per_epoch = max(1, math.ceil(steps_per_epoch / stage.grad_accum_steps))
+    steps_per_epoch, opt_steps_per_epoch = epoch_steps(train_loader, stage)
     model.to(device)
     optimizer, scheduler = make_optimizer(model, stage, stage.epochs * opt_steps_per_epoch)
     ema = EMA(model, stage.ema_decay)
@@ -126,6 +123,18 @@ def fit(
                   "stage_done": early or state.epoch >= stage.epochs}
         _report(ctx, record, unwrap(model), ema, optimizer, scheduler, state)
     return state
+
+
+def epoch_steps(train_loader: DataLoader, stage: StageConfig) -> tuple[int, int]:
+    """(micro-batches, optimiser steps) of one epoch."""
+    steps = len(train_loader)
+    if stage.max_steps_per_epoch:
+        steps = min(steps, stage.max_steps_per_epoch)
+    if getattr(train_loader, "drop_last", False) and steps >= stage.grad_accum_steps:
+        # whole effective batches only: after an out-of-memory retry (half the micro-batch, twice the
+        # accumulation) an epoch takes the same samples and optimiser steps, and the LR schedule still fits
+        steps -= steps % stage.grad_accum_steps
+    return steps, max(1, math.ceil(steps / stage.grad_accum_steps))
 
 
 def _patience(stage: StageConfig) -> float:

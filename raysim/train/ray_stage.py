@@ -1,8 +1,7 @@
-"""Run one training stage under a Ray Train V2 TorchTrainer."""
+"""Run one trial (both stages and evaluation) under a Ray Train V2 TorchTrainer."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from raysim.config import RunConfig, to_dict
@@ -27,30 +26,31 @@ def scaling_config(cfg: RunConfig):
     return ScalingConfig(**kwargs)
 
 
-def fit_stage(
-    train_fn: Callable[[dict[str, Any]], None],
+def fit_trial(
     cfg: RunConfig,
     *,
     run_name: str,
     storage_path: str,
-    extra: dict[str, Any] | None = None,
+    wandb: dict[str, dict[str, Any] | None] | None = None,
     callbacks: list[Any] | None = None,
     max_failures: int = 2,
 ):
-    """Fit one stage; a second call with the same `run_name` resumes that run's saved state."""
+    """Fit one trial; a second call with the same `run_name` resumes that run from its latest checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig
     from ray.train import RunConfig as TrainRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from raysim.train.pipeline import trial_train_fn_per_worker
+
     trainer = TorchTrainer(
-        train_loop_per_worker=train_fn,
-        train_loop_config={"run": to_dict(cfg), **(extra or {})},
+        train_loop_per_worker=trial_train_fn_per_worker,
+        train_loop_config={"run": to_dict(cfg), "wandb": wandb},
         scaling_config=scaling_config(cfg),
         torch_config=TorchConfig(backend="nccl" if cfg.resources.use_gpu and not cfg.resources.force_cpu else "gloo"),
         run_config=TrainRunConfig(
             name=run_name,
             storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=FailureConfig(max_failures=max_failures),  # a lost worker resumes from its checkpoint
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             callbacks=callbacks or None,
         ),

@@ -28,7 +28,7 @@ def train_one(config: str, arm: str | None = None, profile: str | None = None, s
               out: str | None = None) -> dict[str, Any]:
     """Train and evaluate one configuration; writes OUT/metrics.json; returns the metrics."""
     from raysim.train.common import ensure_data
-    from raysim.tune.study import init_ray
+    from raysim.tune.study import check_resources, init_ray
     from raysim.tune.trial import run_trial
 
     name, cfg = resolve(config, arm, profile, sets)
@@ -39,8 +39,9 @@ def train_one(config: str, arm: str | None = None, profile: str | None = None, s
     data = to_dict(cfg)
     if data["data"]["path"]:
         data["data"]["path"] = str(Path(data["data"]["path"]).expanduser().resolve())
-    ensure_data(cfg.data)
     init_ray()
+    check_resources({name: cfg}, config)
+    ensure_data(cfg.data)
     trial = {"arm": name, "seed": cfg.seed, "arm_configs": {name: data}, "profile": profile,
              "study_dir": out_dir, "study_name": name}
     metrics = run_trial(trial)

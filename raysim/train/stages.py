@@ -1,7 +1,5 @@
-"""The two training stages, each a `train_fn_per_worker(config)` for a Ray Train TorchTrainer.
-
-Both also run in-process (`run_operator_stage(cfg, LocalStageContext(...))`) so that the
-plain-PyTorch baseline of the overhead benchmark calls exactly the same code.
+"""The two training stages. `raysim.train.pipeline` runs both, then evaluation, in one Ray Train worker
+(or in-process: `run_operator_stage(cfg, LocalStageContext(...))` is plain PyTorch).
 """
 
 from __future__ import annotations
@@ -13,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from raysim.config import RunConfig, build_run
+from raysim.config import RunConfig
 from raysim.models.build import build_corrector, build_operator, load_model_state
 from raysim.train.common import StudyData, load_checkpoint, prepare_data, seed_everything, select_device
 from raysim.train.loop import fit
@@ -110,27 +108,6 @@ def run_diffusion_stage(cfg: RunConfig, operator_checkpoint: str | Path, ctx: An
     fit(stage_name="diffusion", model=model, loss_fn=diffusion_loss(operator, data.x),
         train_loader=train_loader, val_loader=val_loader, stage=cfg.diffusion, ctx=ctx, device=device,
         seed=cfg.seed + 1)
-
-
-# ----------------------------------------------------------------------------- Ray Train entry points
-
-
-def operator_train_fn_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker function of the operator stage; `config = {"run": run-config dict}`."""
-    from raysim.train.context import RayStageContext
-
-    ctx = RayStageContext(config.get("wandb"))
-    run_operator_stage(build_run(config["run"], "train_loop_config", check_paths=False), ctx)
-
-
-def diffusion_train_fn_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker function of the diffusion stage; needs `operator_checkpoint` (a Checkpoint)."""
-    from raysim.train.context import RayStageContext
-
-    ctx = RayStageContext(config.get("wandb"))
-    cfg = build_run(config["run"], "train_loop_config", check_paths=False)
-    with config["operator_checkpoint"].as_directory() as op_dir:
-        run_diffusion_stage(cfg, op_dir, ctx)
 
 
 def checkpoint_loads(location: str) -> bool:

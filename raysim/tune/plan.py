@@ -57,8 +57,8 @@ def print_plan(matrix: MatrixConfig, profile: str, arms: dict[str, RunConfig], s
     print(tabulate(rows, headers="keys", floatfmt=".3g"))
     device = f"{r.num_workers} x GPU ({r.accelerator_type or 'any'})" if r.use_gpu else \
         f"{r.num_workers} worker(s) x {r.cpus_per_worker:g} CPU"
-    print(f"resources per trial: {device} per stage; the trial driver holds no CPU (a trial slot, or the "
-          f"cluster head's `head` resource); up to {parallel} trials in parallel")
+    print(f"resources per trial: {device} (both stages and evaluation); the trial driver holds no CPU "
+          f"(a trial slot, or the cluster head's `head` resource); up to {parallel} trials in parallel")
     print(f"estimated wall time: {math.ceil(wall / 60)} min (rough: FLOP count at an assumed device throughput)")
     cost = gpu_hours * r.cost_per_gpu_hour
     print(f"estimated GPU-hours: {gpu_hours:.2f}, cost: ${cost:.2f} at ${r.cost_per_gpu_hour:.2f}/GPU-hour")

@@ -97,6 +97,61 @@ def trial_resources() -> dict[str, float]:
     return {"CPU": 0.01}  # a foreign cluster: a sliver of CPU (leaves one CPU fewer for workers)
 
 
+def worker_bundle(cfg: RunConfig) -> dict[str, float]:
+    """What one trainer worker of a trial asks a node for."""
+    r = cfg.resources
+    bundle = {"CPU": float(r.cpus_per_worker)}
+    if r.use_gpu:
+        bundle["GPU"] = 1.0
+    if r.accelerator_type:
+        bundle[f"accelerator_type:{r.accelerator_type}"] = 0.001
+    return bundle
+
+
+def _workers_that_fit(bundle: dict[str, float], nodes: list[dict[str, float]]) -> int:
+    return sum(min(int(node.get(k, 0.0) / v + 1e-9) for k, v in bundle.items()) for node in nodes)
+
+
+def autoscaler_can_add_nodes() -> bool:
+    """Whether this cluster runs an autoscaler with node types to launch (not the read-only one every head has)."""
+    import ray._raylet
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    if _internal_kv_get(ray._raylet.GCS_AUTOSCALER_V2_ENABLED_KEY) == b"1":
+        return True
+    status = _internal_kv_get("__autoscaling_status")
+    if not status:
+        return False
+    mapping = (json.loads(status).get("autoscaler_report") or {}).get("node_type_mapping") or {}
+    # the read-only provider names each node's type after the node itself: nothing it could launch
+    return any(kind != f"node_{node}" for node, kind in mapping.items())
+
+
+def check_resources(arms: dict[str, RunConfig], file: str) -> None:
+    """Fail fast when no node can hold a trial's trainer workers and no autoscaler can add one.
+
+    Ray Train would otherwise wait for the workers forever (RAY_NOTES.md: V2 retries forever).
+    """
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    missing = {name: cfg for name, cfg in arms.items()
+               if _workers_that_fit(worker_bundle(cfg), nodes) < cfg.resources.num_workers}
+    if not missing or autoscaler_can_add_nodes():
+        return
+    name, cfg = next(iter(missing.items()))
+    r = cfg.resources
+    have = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU") or k.startswith("accelerator")}
+    if r.use_gpu and not any(n.get("GPU") for n in nodes):
+        field, why = "resources.use_gpu", "asks for a GPU"
+    elif r.accelerator_type and not any(n.get(f"accelerator_type:{r.accelerator_type}") for n in nodes):
+        field, why = "resources.accelerator_type", f"asks for accelerator_type {r.accelerator_type}"
+    else:
+        field, why = "resources.num_workers", f"asks for {r.num_workers} x {worker_bundle(cfg)}"
+    raise UserError(f"arm {name} {why}, which no node of this Ray cluster has ({have}) and no autoscaler can "
+                    "add; it would wait forever", file=file, field=field)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -170,10 +225,11 @@ def run_study(
         print_plan(matrix, profile, arms, study_dir)
         return 0
     fresh = _claim_storage(study_dir, matrix, profile, resume)
+    init_ray()
+    check_resources(arms, matrix_path)  # a trial no node can ever hold would wait forever
     _prepare_data(arms)  # before anything is written: a data problem leaves the folder untouched
     if fresh:
         _write_study_json(study_dir, matrix, profile)
-    init_ray()
     from ray import tune
 
     from raysim.tune.callbacks import StudyCallback
@@ -237,5 +293,5 @@ def estimate_trial_seconds(cfg: RunConfig, flops_per_sample: float, train_pairs:
     op = cfg.operator
     steps = train_pairs if not op.max_steps_per_epoch else min(train_pairs, op.max_steps_per_epoch * op.batch_size)
     compute = 3 * flops_per_sample * steps * (op.epochs * op.unroll_steps + cfg.diffusion.epochs * 0.5)
-    overhead = 30.0  # two TorchTrainer start-ups and shut-downs (RAY_NOTES.md)
+    overhead = 20.0  # one TorchTrainer start-up and shut-down (RAY_NOTES.md)
     return overhead + compute / per_second + 10 * math.log2(max(2, train_pairs))

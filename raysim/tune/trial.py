@@ -1,8 +1,10 @@
-"""The per-trial driver: a Tune function trainable running both Ray Train stages, then evaluation.
+"""The per-trial driver: a Tune function trainable running one Ray Train fit per trial.
 
-A trial's files live under `<study>/trials/<arm>__seed<k>/` (result.json, per_trajectory.npz,
-per_step.npz, stages.json); stage runs are named per trial under `<study>/train/`, so a restored
-trial skips finished stages and resumes an interrupted one from its last checkpoint.
+A trial is one Ray Train run (`raysim.train.pipeline`: both stages and evaluation in one worker), named
+after the trial under `<study>/train/`, so a restored trial resumes from its latest checkpoint: completed
+stages are skipped, the interrupted one continues from its last epoch. The trial's files live under
+`<study>/trials/<arm>__seed<k>/`: result.json, per_trajectory.npz, per_step.npz and stages.json (the
+finished run's checkpoint).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import socket
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 from raysim.analysis import storage
@@ -44,15 +47,33 @@ def _checkpoint_uri(study_dir: str, checkpoint) -> str:
     return path
 
 
-def _stage_summary(checkpoint) -> dict[str, Any]:
+def _stage_summary(stage_dir: str) -> dict[str, Any]:
     from raysim.train.common import load_checkpoint
 
-    with checkpoint.as_directory() as d:
-        saved = load_checkpoint(d)
-    loop = saved["loop"]
+    loop = load_checkpoint(stage_dir)["loop"]
     history = loop["history"]
     return {"history": history, "epochs_run": loop["epoch"], "nonfinite_steps": loop["nonfinite_steps"],
             "final_train_loss": history[-1]["train_loss"] if history else float("nan")}
+
+
+def _read_trial_checkpoint(location: str) -> dict[str, Any]:
+    """progress, evaluation outputs and stage summaries of a finished trial checkpoint."""
+    import numpy as np
+
+    from raysim.train.pipeline import EVALUATION, PROGRESS, STAGES
+
+    with _checkpoint(location).as_directory() as d:
+        root = Path(d)
+        progress = json.loads((root / PROGRESS).read_text())
+        evaluation = root / EVALUATION
+        if not (evaluation / "metrics.json").is_file():
+            raise RuntimeError(f"trial checkpoint {location} holds no evaluation")
+        out = {"progress": progress, "metrics": json.loads((evaluation / "metrics.json").read_text()),
+               "stages": {s: _stage_summary(str(root / s)) for s in STAGES if (root / s / "state.pt").is_file()}}
+        for name in ("per_trajectory", "per_step"):
+            with np.load(evaluation / f"{name}.npz") as f:
+                out[name] = {k: f[k] for k in f.files}
+    return out
 
 
 def _wandb_settings(
@@ -69,10 +90,8 @@ def _wandb_settings(
 
 def run_trial(config: dict[str, Any]) -> dict[str, Any]:
     """Operator stage, diffusion stage, evaluation; writes the trial's files; returns the metrics."""
-    import ray
-
-    from raysim.train.ray_stage import fit_stage
-    from raysim.train.stages import diffusion_train_fn_per_worker, operator_train_fn_per_worker
+    from raysim.train.pipeline import STAGES
+    from raysim.train.ray_stage import fit_trial
 
     cfg = resolve_trial_config(config)
     arm, seed = config["arm"], int(config["seed"])
@@ -83,62 +102,51 @@ def run_trial(config: dict[str, Any]) -> dict[str, Any]:
     study = config.get("study_name", "study")
     trial_dir = storage.join(study_dir, "trials", key)
     stages_file = storage.join(trial_dir, "stages.json")
-    stages: dict[str, str] = storage.read_json(stages_file) if storage.exists(stages_file) else {}
+    stages: dict[str, Any] = storage.read_json(stages_file) if storage.exists(stages_file) else {}
     record: dict[str, Any] = {"arm": arm, "seed": seed, "profile": config.get("profile"), "status": "running",
                               "error": None, "config": to_dict(cfg), "metrics": {}, "history": {},
                               "stage_info": {}, "wandb": {}, "node": socket.gethostname(),
                               "overrides": config.get("overrides") or {}}
     storage.write_json_atomic(storage.join(trial_dir, "result.json"), record)
     start = time.time()
-    callbacks = _tune_callbacks()
-
-    def wandb_for(stage: str) -> dict[str, Any] | None:
-        return _wandb_settings(cfg, study_dir, study, key, stage, config.get("study_tags", []))
-
-    timings: dict[str, float] = {}
+    wandb = {stage: _wandb_settings(cfg, study_dir, study, key, stage, config.get("study_tags", []))
+             for stage in STAGES}
     try:
-        ckpts = {}
-        for stage, fn in (("operator", operator_train_fn_per_worker), ("diffusion", diffusion_train_fn_per_worker)):
-            if stage == "diffusion" and not cfg.diffusion.enabled:
-                continue
-            wandb = wandb_for(stage)
-            if stage not in stages:
-                extra: dict[str, Any] = {"wandb": wandb}
-                if stage == "diffusion":
-                    extra["operator_checkpoint"] = ckpts["operator"]
-                fit_start = time.time()
-                result = fit_stage(fn, cfg, run_name=f"{key}-{stage}", storage_path=storage.join(study_dir, "train"),
-                                   extra=extra, callbacks=callbacks)
-                timings[f"{stage}_fit_seconds"] = time.time() - fit_start
-                if result.checkpoint is None:
-                    raise RuntimeError(f"{stage} stage reported no checkpoint")
-                stages[stage] = _checkpoint_uri(study_dir, result.checkpoint)
-                storage.write_json_atomic(stages_file, stages)
-            ckpts[stage] = _checkpoint(stages[stage])
-            summary = _stage_summary(ckpts[stage])
-            stage_cfg = cfg.operator if stage == "operator" else cfg.diffusion
+        if "checkpoint" not in stages:  # a restored trial whose fit finished goes straight to its files
+            fit_start = time.time()
+            result = fit_trial(cfg, run_name=key, storage_path=storage.join(study_dir, "train"), wandb=wandb,
+                               callbacks=_tune_callbacks())
+            fit_seconds = time.time() - fit_start
+            if result.checkpoint is None:
+                raise RuntimeError("the trial's trainer reported no checkpoint")
+            stages = {"checkpoint": _checkpoint_uri(study_dir, result.checkpoint), "fit_seconds": fit_seconds,
+                      "fit_start": fit_start}
+            storage.write_json_atomic(stages_file, stages)
+        saved = _read_trial_checkpoint(stages["checkpoint"])
+        progress = saved["progress"]
+        for stage, summary in saved["stages"].items():
+            stage_cfg = getattr(cfg, stage)
             record["history"][stage] = summary.pop("history")
             early = summary["epochs_run"] < stage_cfg.epochs
             record["stage_info"][stage] = {**summary, "epochs_planned": stage_cfg.epochs, "early_stopped": early,
-                                           "checkpoint": stages[stage]}
-            record["wandb"][stage] = wandb["id"] if wandb else None
-        train_seconds = time.time() - start
-        eval_start = time.time()
-        metrics, per_traj, per_step = ray.get(_evaluate_remote(cfg).remote(to_dict(cfg), ckpts["operator"],
-                                                                          ckpts.get("diffusion")))
-        timings["evaluation_seconds"] = time.time() - eval_start
+                                           "checkpoint": storage.join(stages["checkpoint"], stage)}
+            record["wandb"][stage] = wandb[stage]["id"] if wandb[stage] else None
+        metrics = saved["metrics"]
+        timings = _timings(progress["timings"], stages)
         wall = time.time() - start
         gpus = cfg.resources.num_workers if cfg.resources.use_gpu else 0
+        train_wall = stages.get("fit_seconds") or wall
         metrics.update({
             "operator_final_loss": record["stage_info"]["operator"]["final_train_loss"],
             "diffusion_final_loss": record["stage_info"].get("diffusion", {}).get("final_train_loss", float("nan")),
-            "train_seconds": train_seconds,
+            "train_seconds": timings.get("operator_seconds", 0.0) + timings.get("diffusion_seconds", 0.0),
             "samples_per_second": record["history"]["operator"][-1]["samples_per_second"],
-            "gpu_hours": wall * gpus / 3600.0,
+            "gpu_hours": train_wall * gpus / 3600.0,
         })
-        record.update(status="finished", metrics=metrics, wall_seconds=wall, timings=timings)
-        storage.write_npz_atomic(storage.join(trial_dir, "per_trajectory.npz"), per_traj)
-        storage.write_npz_atomic(storage.join(trial_dir, "per_step.npz"), per_step)
+        record.update(status="finished", metrics=metrics, wall_seconds=wall, timings=timings,
+                      restarts=progress["restarts"], oom_adjustments=progress["oom"])
+        storage.write_npz_atomic(storage.join(trial_dir, "per_trajectory.npz"), saved["per_trajectory"])
+        storage.write_npz_atomic(storage.join(trial_dir, "per_step.npz"), saved["per_step"])
         storage.write_json_atomic(storage.join(trial_dir, "result.json"), record)
         return metrics
     except Exception as exc:
@@ -164,29 +172,14 @@ def _tune_callbacks() -> list[Any]:
     return [TuneReportCallback()] if _in_tune_session() else []
 
 
-def _evaluate_remote(cfg: RunConfig):
-    """Evaluation as a Ray task with a stage worker's resources (it runs where the GPU is)."""
-    import ray
-
-    from raysim.train.evaluate import evaluate_checkpoints
-
-    def evaluate(run: dict[str, Any], operator_ckpt, diffusion_ckpt):
-        run_cfg = build_run(run, "evaluation", check_paths=False)
-        with operator_ckpt.as_directory() as op_dir:
-            if diffusion_ckpt is None:
-                return evaluate_checkpoints(run_cfg, op_dir, None)
-            with diffusion_ckpt.as_directory() as diff_dir:
-                return evaluate_checkpoints(run_cfg, op_dir, diff_dir)
-
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    r = cfg.resources
-    options: dict[str, Any] = {"num_cpus": r.cpus_per_worker, "num_gpus": 1 if r.use_gpu else 0, "max_retries": 1,
-                               # not inside the trial's tiny placement group: the task needs a worker's resources
-                               "scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=None)}
-    if r.accelerator_type:
-        options["accelerator_type"] = r.accelerator_type
-    return ray.remote(evaluate).options(**options)
+def _timings(worker: dict[str, float], stages: dict[str, Any]) -> dict[str, float]:
+    """Where a trial's time went: the worker's own figures, and the trainer's start-up and shut-down around them."""
+    out = {k: v for k, v in worker.items() if k.endswith("_seconds") or k == "reports"}
+    if stages.get("fit_seconds") is not None:
+        out["fit_seconds"] = stages["fit_seconds"]
+        out["startup_seconds"] = worker["worker_start"] - stages["fit_start"]
+        out["shutdown_seconds"] = stages["fit_start"] + stages["fit_seconds"] - worker["last_report_start"]
+    return out
 
 
 def trainable(config: dict[str, Any]) -> None:
