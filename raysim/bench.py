@@ -5,7 +5,6 @@ These machines are noisy: comparisons alternate their two sides (A B A B ...) an
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
@@ -35,11 +34,10 @@ def machine() -> dict[str, Any]:
 
 
 def _write(out: Path, name: str, figures: dict[str, Any]) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
+    from raysim.analysis import storage
+
     path = out / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**figures, "machine": machine()}, indent=2, default=float))
-    os.replace(tmp, path)
+    storage.write_json_atomic(path, {**figures, "machine": machine()})
     return path
 
 

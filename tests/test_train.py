@@ -181,3 +181,19 @@ def test_out_of_memory_halves_the_micro_batch_and_continues(tiny, tmp_path, monk
     saved = json.loads((ctx.checkpoint_dir / "progress.json").read_text())
     assert saved["stage_overrides"]["operator"]["batch_size"] == 4  # a restarted worker keeps the smaller batch
     assert progress["completed"][-1] == "evaluation"
+
+
+def test_a_diverged_trial_is_checkpointed_as_failed_and_not_trained_again(tiny, tmp_path, monkeypatch):
+    import raysim.train.stages as stages
+    from raysim.train.pipeline import run_trial_pipeline
+
+    real = stages.operator_loss
+    monkeypatch.setattr(stages, "operator_loss", lambda x, unroll: lambda model, batch: real(x, unroll)(
+        model, batch) * float("nan"))
+    ctx = LocalStageContext(tmp_path / "diverged")
+    progress = run_trial_pipeline(tiny(operator={"max_nonfinite_steps": 1}), ctx)
+    assert progress["failed"].startswith("NonFiniteError") and "operator" not in progress["completed"]
+    assert [m["stage"] for m in ctx.metrics] == ["failed"]
+    again = LocalStageContext(tmp_path / "diverged")
+    assert run_trial_pipeline(tiny(operator={"max_nonfinite_steps": 1}), again)["failed"] == progress["failed"]
+    assert again.metrics == []  # a retry reads the verdict instead of training again

@@ -16,6 +16,7 @@ import yaml
 from raysim.analysis import storage
 from raysim.analysis.load import load_results, load_study, results_frame
 from raysim.errors import UserError
+from raysim.redact import redact_text
 
 LEADERBOARD_COLUMNS = (
     "timestamp",
@@ -150,7 +151,7 @@ def promote(
         "bc_violation": candidate["bc_violation"],
         "params": int(mean("params")) if math.isfinite(mean("params")) else None,
         "config": config_path,
-        "study_dir": study_dir,
+        "study_dir": redact_text(study_dir),  # a bucket URI may carry keys (?secret_key=...)
     }
     board = read_leaderboard(leaderboard)  # re-read just before writing: the shortest window for a lost update
     new_row = pd.DataFrame([row])

@@ -71,6 +71,29 @@ def write_result(
 
 # --------------------------------------------------------------------------- reading
 
+# `pkg.module.NonFiniteError: message` (also `ray.exceptions.RayTaskError(WorkerGroupError): ...`)
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*(?P<name>[A-Za-z_]\w*(?:Error|Exception|Interrupt|Exit))"
+                             r"(?:\([\w.]+\))?: (?P<message>\S.*)$")
+
+
+def error_reason(result: Mapping[str, Any]) -> str | None:
+    """A failed trial's error as one line naming its root cause, credentials masked.
+
+    Ray Train wraps a worker's exception (`WorkerGroupError: Training failed due to worker errors:`)
+    and puts the worker's own traceback inside the message; the root cause is the last exception line
+    of the recorded traceback (else of the recorded error); failing both, the recorded error is kept.
+    """
+    from raysim.redact import redact_text
+
+    error = str(result.get("error") or "").strip()
+    for text in (result.get("traceback"), error):
+        causes = [m for m in map(_EXCEPTION_LINE.match, str(text or "").splitlines()) if m]
+        if causes:
+            error = f"{causes[-1]['name']}: {causes[-1]['message']}"
+            break
+    return redact_text(error) if error else None
+
+
 
 def _require_study(study_dir: str | os.PathLike[str]) -> str:
     study_dir = str(study_dir)
@@ -123,6 +146,8 @@ def load_results(study_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         result.setdefault("arm", arm)
         result.setdefault("seed", seed)
         result.setdefault("status", "running")
+        if result["status"] == "error":
+            result["error"] = error_reason(result)
         result["trial_dir"] = storage.join(trials_root, name)
         results.append(result)
     results.sort(key=lambda r: (order.get(str(r["arm"]), len(order)), str(r["arm"]), int(r["seed"])))

@@ -27,6 +27,7 @@ from raysim.analysis.load import (
     stack_arrays,
 )
 from raysim.analysis.milestones import MILESTONES, check_milestones
+from raysim.redact import redact_text
 
 REPORT_DIR = "report"
 REPORT_FILES = ("ablation_report.md", "architecture_comparison.csv", "architecture_comparison.png", "hypotheses.json")
@@ -487,7 +488,7 @@ def build_report(
         f"- Seeds: {', '.join(map(str, seeds)) or '–'}",
         f"- Trials: {len(results)} found, {sum(r.get('status') == 'finished' for r in results)} finished",
         f"- Created: {study.get('created') or '–'}; report built {datetime.now(UTC).isoformat(timespec='seconds')}",
-        f"- Storage: `{study_dir}`",
+        f"- Storage: `{redact_text(str(study_dir))}`",  # a bucket URI may carry keys (?secret_key=...)
         "",
     ]
     if matrix.get("description"):
@@ -528,7 +529,12 @@ def write_report(
 ) -> Path | str:
     """Write the four report files (default `<study>/report/`), each atomically; return the folder."""
     report = build_report(study_dir, load_checkpoint=load_checkpoint, n_boot=n_boot)
-    out = str(out_dir) if out_dir is not None else storage.join(study_dir, REPORT_DIR)
+    return save_report(report, out_dir if out_dir is not None else storage.join(study_dir, REPORT_DIR))
+
+
+def save_report(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> Path | str:
+    """Write a built report's four files into `out_dir`, each atomically (tmp + rename); return the folder."""
+    out = str(out_dir)
     storage.write_bytes_atomic(storage.join(out, "architecture_comparison.png"), report["png"])
     storage.write_text_atomic(storage.join(out, "architecture_comparison.csv"), report["csv"])
     storage.write_text_atomic(

@@ -8,13 +8,14 @@ it lands in a temporary object that is then moved (or copied and deleted) into p
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import math
 import os
 import posixpath
 import re
-import tempfile
+import time
 import uuid
 from functools import lru_cache
 from pathlib import Path
@@ -108,13 +109,43 @@ def read_npz(location: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
+def tmp_name(name: str) -> str:
+    """The temporary name a write of `name` goes through: hidden, unique, never mistaken for a result."""
+    return f".{name}{TMP_MARK}{uuid.uuid4().hex}"
+
+
+def is_tmp_name(name: str) -> bool:
+    """Whether a file name is one of `tmp_name`'s (left behind by a writer that was killed)."""
+    return name.startswith(".") and TMP_MARK in name
+
+
+STALE_TMP_SECONDS = 600.0
+
+
+def _remove_stale_tmp(target: Path) -> None:
+    """Delete temporary files of `target` that a killed writer left (older than STALE_TMP_SECONDS).
+
+    They never count as results, but `ablations/promoted/` is committed to git and `results/` synced:
+    leftovers would travel. A younger one may belong to a writer still at work, and is kept.
+    """
+    now = time.time()
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}{TMP_MARK}*"):
+        try:
+            if now - leftover.stat().st_mtime > STALE_TMP_SECONDS:
+                leftover.unlink()
+        except OSError:  # gone already (another writer's cleanup)
+            pass
+
+
 def write_bytes_atomic(location: str | os.PathLike[str], data: bytes) -> None:
     """Write `data` so that readers see the old file or the whole new one, never a part."""
     fs, path = resolve(location)
     if isinstance(fs, pafs.LocalFileSystem):
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}{TMP_MARK}")
+        tmp = str(target.parent / tmp_name(target.name))
+        # not mkstemp: its files are 0600, and the result would keep that mode; 0666 lets the umask decide
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -125,9 +156,10 @@ def write_bytes_atomic(location: str | os.PathLike[str], data: bytes) -> None:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+        _remove_stale_tmp(target)
         return
     parent, name = posixpath.split(path)
-    tmp = posixpath.join(parent, f".{name}{TMP_MARK}{uuid.uuid4().hex}")
+    tmp = posixpath.join(parent, tmp_name(name))
     if parent:
         fs.create_dir(parent, recursive=True)
     try:

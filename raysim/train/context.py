@@ -16,6 +16,8 @@ from typing import Any
 from torch import nn
 from torch.utils.data import DataLoader
 
+from raysim.analysis.storage import write_text_atomic
+
 
 class RayWorker:
     """A Ray Train V2 worker: reports with a checkpoint directory, resumes from the latest one."""
@@ -87,4 +89,4 @@ class LocalStageContext:
             shutil.copytree(checkpoint_dir, tmp)
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
             tmp.rename(self.checkpoint_dir)
-        (self.out_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in self.metrics))
+        write_text_atomic(self.out_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.metrics))

@@ -4,7 +4,7 @@ One Ray Train fit per trial instead of one per stage: a fit's fixed cost (contro
 process group, shutdown) is paid once, and evaluation runs on the worker's own device. The checkpoint
 reported after every epoch is one directory:
 
-    progress.json   completed stages, restarts, OOM adjustments, timings
+    progress.json   completed stages, restarts, OOM adjustments, timings; `failed` when it failed for good
     operator/       the operator stage's state (state.pt): while it trains, then its final weights
     diffusion/      the corrector stage's state
     evaluation/     metrics.json, per_trajectory.npz, per_step.npz
@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,18 @@ import numpy as np
 from raysim.config import RunConfig, StageConfig, build_run
 
 STAGES = ("operator", "diffusion")
+
+
+def _fails_for_good() -> tuple[type[BaseException], ...]:
+    """Errors that a rerun of the same config would repeat: diverged training, no memory at the floor."""
+    from raysim.errors import UserError
+    from raysim.train.common import NonFiniteError
+    from raysim.train.oom import StageOutOfMemory
+
+    return NonFiniteError, StageOutOfMemory, UserError
+
+
+_FAILS_FOR_GOOD = _fails_for_good()
 PROGRESS = "progress.json"
 EVALUATION = "evaluation"
 
@@ -195,17 +208,26 @@ def run_trial_pipeline(cfg: RunConfig, worker: Any, wandb: dict[str, dict[str, A
     """Both stages and evaluation on `worker`, resuming from its checkpoint; returns progress.json's data."""
     state = TrialState(worker.resume_dir())
     try:
+        if state.progress.get("failed"):  # failed for good before: training again would fail again
+            return state.progress
         if state.resumed:
             current = next((s for s in (*STAGES, EVALUATION) if not state.done(s)), None)
             if current is not None:
                 state.progress["restarts"].append({"stage": current, "epoch": state.epochs_done(current),
                                                    "time": time.time()})
         state.progress["timings"]["worker_start"] = time.time()
-        for stage in STAGES:
-            if stage == "diffusion" and not cfg.diffusion.enabled:
-                continue
-            if not state.done(stage):
-                _run_stage(cfg, stage, worker, state, (wandb or {}).get(stage))
+        try:
+            for stage in STAGES:
+                if stage == "diffusion" and not cfg.diffusion.enabled:
+                    continue
+                if not state.done(stage):
+                    _run_stage(cfg, stage, worker, state, (wandb or {}).get(stage))
+        except _FAILS_FOR_GOOD as exc:
+            # checkpointed as failed, so neither Train's restart nor Tune's retry trains it again
+            state.progress["failed"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            state.progress["failed_traceback"] = traceback.format_exc()[-4000:]
+            _report(worker, state, {"stage": "failed", "stage_done": True})
+            return state.progress
         if not state.done(EVALUATION):
             _evaluate(cfg, worker, state)
         return state.progress

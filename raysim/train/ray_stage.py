@@ -26,6 +26,32 @@ def scaling_config(cfg: RunConfig):
     return ScalingConfig(**kwargs)
 
 
+def _trainer_class():
+    """TorchTrainer without the Ray Data actor it starts even when given no datasets.
+
+    Ray 2.60's trainer always creates a DatasetManager actor (a process of its own) and waits for it
+    before the training function starts: 2-6 s of every fit on 2 cores, for datasets raysim never
+    passes (its loaders read HDF5 in the worker). Where Ray's internals differ, the stock trainer.
+    """
+    from ray.train.torch import TorchTrainer
+
+    try:
+        from ray.train.v2._internal.callbacks import DatasetsCallback
+    except ImportError:
+        return TorchTrainer
+    if not hasattr(TorchTrainer, "_create_default_callbacks"):
+        return TorchTrainer
+
+    class LeanTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+    return LeanTorchTrainer
+
+
 def fit_trial(
     cfg: RunConfig,
     *,
@@ -38,11 +64,11 @@ def fit_trial(
     """Fit one trial; a second call with the same `run_name` resumes that run from its latest checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig
     from ray.train import RunConfig as TrainRunConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     from raysim.train.pipeline import trial_train_fn_per_worker
 
-    trainer = TorchTrainer(
+    trainer = _trainer_class()(
         train_loop_per_worker=trial_train_fn_per_worker,
         train_loop_config={"run": to_dict(cfg), "wandb": wandb},
         scaling_config=scaling_config(cfg),

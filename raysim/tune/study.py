@@ -180,16 +180,19 @@ def _claim_storage(study_dir: str, matrix: MatrixConfig, profile: str, resume: b
     """Refuse a folder holding another study (or this one, without --resume); True when study.json is due."""
     path = storage.join(study_dir, "study.json")
     if storage.exists(path):
-        existing = storage.read_json(path)
-        same = existing.get("name") == matrix.name and existing.get("profile") == profile
+        try:
+            existing = storage.read_json(path)
+        except ValueError as exc:
+            raise UserError(f"holds a study.json that does not parse ({exc}); choose another --storage",
+                            file=study_dir, field="--storage") from None
+        if existing.get("name") != matrix.name or existing.get("profile") != profile:
+            raise UserError(f"holds a different study ({existing.get('name')}, {existing.get('profile')}); "
+                            "choose another --storage", file=study_dir, field="--storage")
         if not resume:
             raise UserError(
                 f"already holds study {existing.get('name')} ({existing.get('profile')}); "
                 "pass --resume to continue it or --storage for a new folder",
                 file=study_dir, field="--storage")
-        if not same:
-            raise UserError(f"holds a different study ({existing.get('name')}, {existing.get('profile')})",
-                            file=study_dir, field="--storage")
         return False
     if resume:
         raise UserError("no study to resume here", file=study_dir, field="--resume")
@@ -260,8 +263,9 @@ def run_study(
     report_path = callback.finish()  # a restored tuner runs its own unpickled copy of the callback
     print(callback.table())
     print(f"report: {report_path}")
-    if errors:
+    if errors:  # the study ran and reported; exit 1 tells a script or job it is not a clean one
         print(f"{len(errors)} trial(s) failed; see the report", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from raysim.analysis import storage
 from raysim.analysis.load import trial_name as trial_key
 from raysim.config import RunConfig, build_run, deep_merge, nest_dotted, to_dict
+from raysim.redact import redact
 
 
 def resolve_trial_config(config: dict[str, Any]) -> RunConfig:
@@ -47,6 +48,14 @@ def _checkpoint_uri(study_dir: str, checkpoint) -> str:
     return path
 
 
+class TrialFailed(RuntimeError):
+    """The trial's worker checkpointed a failure that a rerun would repeat (diverged, out of memory)."""
+
+    def __init__(self, error: str, worker_traceback: str | None = None):
+        super().__init__(error)
+        self.worker_traceback = worker_traceback or error
+
+
 def _stage_summary(stage_dir: str) -> dict[str, Any]:
     from raysim.train.common import load_checkpoint
 
@@ -65,6 +74,8 @@ def _read_trial_checkpoint(location: str) -> dict[str, Any]:
     with _checkpoint(location).as_directory() as d:
         root = Path(d)
         progress = json.loads((root / PROGRESS).read_text())
+        if progress.get("failed"):
+            return {"progress": progress}
         evaluation = root / EVALUATION
         if not (evaluation / "metrics.json").is_file():
             raise RuntimeError(f"trial checkpoint {location} holds no evaluation")
@@ -85,7 +96,8 @@ def _wandb_settings(
     run_id = f"{study}-{key}-{stage}".replace(".", "_").replace("=", "_").replace(",", "_")
     return {"project": cfg.logging.project, "group": cfg.logging.group or study,
             "tags": sorted({*cfg.logging.tags, *tags, stage}), "mode": cfg.logging.mode,
-            "dir": os.path.join(local, "wandb"), "id": run_id, "name": f"{key}-{stage}"}
+            "dir": os.path.join(local, "wandb"), "id": run_id, "name": f"{key}-{stage}",
+            "config": redact(to_dict(cfg))}  # the run's config on its W&B page, credentials masked
 
 
 def run_trial(config: dict[str, Any]) -> dict[str, Any]:
@@ -104,7 +116,7 @@ def run_trial(config: dict[str, Any]) -> dict[str, Any]:
     stages_file = storage.join(trial_dir, "stages.json")
     stages: dict[str, Any] = storage.read_json(stages_file) if storage.exists(stages_file) else {}
     record: dict[str, Any] = {"arm": arm, "seed": seed, "profile": config.get("profile"), "status": "running",
-                              "error": None, "config": to_dict(cfg), "metrics": {}, "history": {},
+                              "error": None, "config": redact(to_dict(cfg)), "metrics": {}, "history": {},
                               "stage_info": {}, "wandb": {}, "node": socket.gethostname(),
                               "overrides": config.get("overrides") or {}}
     storage.write_json_atomic(storage.join(trial_dir, "result.json"), record)
@@ -124,6 +136,8 @@ def run_trial(config: dict[str, Any]) -> dict[str, Any]:
             storage.write_json_atomic(stages_file, stages)
         saved = _read_trial_checkpoint(stages["checkpoint"])
         progress = saved["progress"]
+        if progress.get("failed"):
+            raise TrialFailed(progress["failed"], progress.get("failed_traceback"))
         for stage, summary in saved["stages"].items():
             stage_cfg = getattr(cfg, stage)
             record["history"][stage] = summary.pop("history")
@@ -150,8 +164,12 @@ def run_trial(config: dict[str, Any]) -> dict[str, Any]:
         storage.write_json_atomic(storage.join(trial_dir, "result.json"), record)
         return metrics
     except Exception as exc:
-        record.update(status="error", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
-                      wall_seconds=time.time() - start, traceback=traceback.format_exc()[-4000:])
+        from raysim.analysis.load import error_reason
+
+        trace = exc.worker_traceback if isinstance(exc, TrialFailed) else traceback.format_exc()[-4000:]
+        error = str(exc) if isinstance(exc, TrialFailed) else f"{type(exc).__name__}: {exc}"
+        record.update(status="error", error=error_reason({"error": error, "traceback": trace}) or error[:500],
+                      wall_seconds=time.time() - start, traceback=trace)
         storage.write_json_atomic(storage.join(trial_dir, "result.json"), record)
         raise
 
