@@ -402,6 +402,17 @@ def test_write_report_on_a_partial_study(tmp_path: Path) -> None:
     assert {h["id"]: h["verdict"] for h in hypotheses}["H2"] == "INCONCLUSIVE"
 
 
+def test_report_lists_restarts_and_out_of_memory_retries(tmp_path: Path) -> None:
+    study = _write_study(tmp_path / "study", arms={"pure-128": ARMS["pure-128"]})
+    oom = {"stage": "operator", "batch_size_before": 64, "batch_size_after": 32, "grad_accum_after": 2,
+           "effective_batch": 64}
+    write_result(study, _result("pure-128", restarts=[{"stage": "diffusion", "epoch": 3}], oom_adjustments=[oom]))
+    md = (Path(write_report(study, tmp_path / "out", n_boot=200)) / "ablation_report.md").read_text()
+    section = md.split("## Recoveries", 1)[1].split("##", 1)[0]
+    assert "pure-128 seed 0: resumed from its checkpoint at diffusion epoch 3" in section
+    assert "micro-batch 64; continued at 32 x 2 accumulation (effective batch 64 unchanged)" in section
+
+
 def test_storage_on_an_object_store() -> None:
     root = "mock:///bucket/study"
     storage.write_text_atomic(storage.join(root, "a", "x.txt"), "one")

@@ -440,6 +440,24 @@ def _failures_section(results: list[dict[str, Any]], arms: list[str], seeds: lis
     return [*lines, *(items or ["None: every trial finished."]), ""]
 
 
+def _recoveries_section(results: list[dict[str, Any]]) -> list[str]:
+    """Worker restarts from a checkpoint and out-of-memory retries: the trial finished, but not in one go."""
+    items = []
+    for r in sorted(results, key=lambda r: (str(r["arm"]), int(r["seed"]))):
+        trial = f"{r['arm']} seed {r['seed']}"
+        for restart in r.get("restarts") or []:
+            items.append(f"- {trial}: resumed from its checkpoint at {restart.get('stage')} epoch "
+                         f"{restart.get('epoch')} (a worker or the driver was lost)")
+        for oom in r.get("oom_adjustments") or []:
+            items.append(f"- {trial}: {oom.get('stage')} ran out of memory at micro-batch "
+                         f"{oom.get('batch_size_before')}; continued at {oom.get('batch_size_after')} x "
+                         f"{oom.get('grad_accum_after')} accumulation "
+                         f"(effective batch {oom.get('effective_batch')} unchanged)")
+    if not items:
+        return []
+    return ["## Recoveries", "", *items, ""]
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -506,6 +524,7 @@ def build_report(
         *_milestones_section(results, checks),
         *_cost_section(results, arms),
         *_wandb_section(results),
+        *_recoveries_section(results),
         *_failures_section(results, arms, seeds),
     ]
     per_step = stack_arrays(results, PER_STEP_FILE, "nrmse_rollout")
