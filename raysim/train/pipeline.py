@@ -105,6 +105,7 @@ class StageContext:
 
     def __init__(self, worker: Any, state: TrialState, stage: str, wandb: dict[str, Any] | None):
         self.worker, self.state, self.stage = worker, state, stage
+        self._clock = time.perf_counter()
         self.rank, self.world_size = worker.rank, worker.world_size
         self._wandb = None
         if wandb and self.rank == 0:
@@ -130,7 +131,13 @@ class StageContext:
         if metrics.get("stage_done"):
             self.state.progress["completed"].append(self.stage)
             self.finish()
+        self.tick()  # the stage's time so far travels with the checkpoint: a lost worker's epochs still count
         _report(self.worker, self.state, metrics)
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        self.state.add_time(f"{self.stage}_seconds", now - self._clock)
+        self._clock = now
 
     def finish(self) -> None:
         if self._wandb is not None:
@@ -176,13 +183,12 @@ def _run_stage(cfg: RunConfig, stage: str, worker: Any, state: TrialState, wandb
             "max_steps_per_epoch": adjustment.max_steps_per_epoch_after}
         print(f"[raysim] {adjustment.describe()}", flush=True)
 
-    start = time.perf_counter()
     try:
         run_with_oom_recovery(stage, _stage_config(cfg, stage, state), run, floor=cfg.resources.min_micro_batch,
                               on_retry=on_retry)
     finally:
         view.finish()
-        state.add_time(f"{stage}_seconds", time.perf_counter() - start)
+        view.tick()
 
 
 def _evaluate(cfg: RunConfig, worker: Any, state: TrialState) -> None:
@@ -215,7 +221,7 @@ def run_trial_pipeline(cfg: RunConfig, worker: Any, wandb: dict[str, dict[str, A
             if current is not None:
                 state.progress["restarts"].append({"stage": current, "epoch": state.epochs_done(current),
                                                    "time": time.time()})
-        state.progress["timings"]["worker_start"] = time.time()
+        state.progress["timings"].setdefault("worker_starts", []).append(time.time())
         try:
             for stage in STAGES:
                 if stage == "diffusion" and not cfg.diffusion.enabled:

@@ -115,11 +115,16 @@ def run_trial(config: dict[str, Any]) -> dict[str, Any]:
     trial_dir = storage.join(study_dir, "trials", key)
     stages_file = storage.join(trial_dir, "stages.json")
     stages: dict[str, Any] = storage.read_json(stages_file) if storage.exists(stages_file) else {}
+    result_file = storage.join(trial_dir, "result.json")
+    if "checkpoint" in stages and storage.exists(result_file):
+        stored = storage.read_json(result_file)
+        if stored.get("status") == "finished":  # Tune reran a trial whose end it had not saved: keep it as it is
+            return stored["metrics"]
     record: dict[str, Any] = {"arm": arm, "seed": seed, "profile": config.get("profile"), "status": "running",
                               "error": None, "config": redact(to_dict(cfg)), "metrics": {}, "history": {},
                               "stage_info": {}, "wandb": {}, "node": socket.gethostname(),
                               "overrides": config.get("overrides") or {}}
-    storage.write_json_atomic(storage.join(trial_dir, "result.json"), record)
+    storage.write_json_atomic(result_file, record)
     start = time.time()
     wandb = {stage: _wandb_settings(cfg, study_dir, study, key, stage, config.get("study_tags", []))
              for stage in STAGES}
@@ -195,8 +200,12 @@ def _timings(worker: dict[str, float], stages: dict[str, Any]) -> dict[str, floa
     out = {k: v for k, v in worker.items() if k.endswith("_seconds") or k == "reports"}
     if stages.get("fit_seconds") is not None:
         out["fit_seconds"] = stages["fit_seconds"]
-        out["startup_seconds"] = worker["worker_start"] - stages["fit_start"]
+        # the first worker of this fit (a study resumed after its driver was lost had workers before it)
+        starts = [t for t in worker.get("worker_starts", []) if t >= stages["fit_start"]]
+        if starts:
+            out["startup_seconds"] = starts[0] - stages["fit_start"]
         out["shutdown_seconds"] = stages["fit_start"] + stages["fit_seconds"] - worker["last_report_start"]
+        out["worker_starts"] = len(worker.get("worker_starts", []))
     return out
 
 
