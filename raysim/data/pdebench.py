@@ -87,15 +87,19 @@ def _node(f, name: str, file: str):
         raise DataError(f"cannot be opened ({_why(exc)})", file=file, field=name) from None
 
 
-def _coordinate(f, name: str, file: str) -> np.ndarray:
-    """A coordinate dataset as float64 (K,); DataError when it is a group, text or unreadable."""
-    node = _node(f, name, file)
-    if not hasattr(node, "shape"):
-        raise DataError("is a group, not a dataset", file=file, field=name)
+def _coordinate(f, name: str, file: str, problems: list[DataError]) -> np.ndarray | None:
+    """A coordinate dataset as float64 (K,); None, with the problem noted, when it is a group, text or unreadable."""
     try:
-        return np.asarray(node[...], dtype=np.float64).reshape(-1)
-    except _READ_ERRORS as exc:
-        raise DataError(f"cannot be read as numbers ({_why(exc)})", file=file, field=name) from None
+        node = _node(f, name, file)
+        if not hasattr(node, "shape"):
+            raise DataError("is a group, not a dataset", file=file, field=name)
+        try:
+            return np.asarray(node[...], dtype=np.float64).reshape(-1)
+        except _READ_ERRORS as exc:
+            raise DataError(f"cannot be read as numbers ({_why(exc)})", file=file, field=name) from None
+    except DataError as exc:
+        problems.append(exc)
+        return None
 
 
 def _scan_finite(tensor, n: int, check: int) -> tuple[str | None, int]:
@@ -154,19 +158,17 @@ def _collect_open(f, file: str, check_trajectories: int, fields: dict, problems:
     fields.update(n=n, nt=nt, nx=nx)
 
     if "x-coordinate" in f:
-        try:
-            x = _coordinate(f, "x-coordinate", file)
-        except DataError as exc:
-            problems.append(exc)
+        x = _coordinate(f, "x-coordinate", file, problems)
+        if x is None:
+            pass
+        elif x.shape != (nx,):
+            problems.append(DataError(f"must have {nx} entries like tensor's X, got {x.size}", file=file,
+                                      field="x-coordinate"))
+        elif not np.isfinite(x).all() or not (np.diff(x) > 0).all():
+            problems.append(DataError("must be finite and increasing", file=file, field="x-coordinate"))
         else:
-            if x.shape != (nx,):
-                problems.append(DataError(f"must have {nx} entries like tensor's X, got {x.size}", file=file,
-                                          field="x-coordinate"))
-            elif not np.isfinite(x).all() or not (np.diff(x) > 0).all():
-                problems.append(DataError("must be finite and increasing", file=file, field="x-coordinate"))
-            else:
-                half = 0.5 * (x[-1] - x[0]) / (nx - 1)
-                fields["x_range"] = (float(x[0] - half), float(x[-1] + half))
+            half = 0.5 * (x[-1] - x[0]) / (nx - 1)
+            fields["x_range"] = (float(x[0] - half), float(x[-1] + half))
     else:
         fields["x_range"] = ASSUMED_X_RANGE
         fields["x_assumed"] = True
@@ -174,20 +176,18 @@ def _collect_open(f, file: str, check_trajectories: int, fields: dict, problems:
     fields["dt"] = None
     fields["t_has_extra"] = False
     if "t-coordinate" in f:
-        try:
-            t = _coordinate(f, "t-coordinate", file)
-        except DataError as exc:
-            problems.append(exc)
+        t = _coordinate(f, "t-coordinate", file, problems)
+        if t is None:
+            pass
+        elif t.size not in (nt, nt + 1):
+            problems.append(DataError(f"must have {nt} or {nt + 1} entries for {nt} frames, got {t.size}",
+                                      file=file, field="t-coordinate"))
+        elif not np.isfinite(t[:2]).all() or not t[1] > t[0]:
+            problems.append(DataError("must start with two increasing finite times", file=file,
+                                      field="t-coordinate"))
         else:
-            if t.size not in (nt, nt + 1):
-                problems.append(DataError(f"must have {nt} or {nt + 1} entries for {nt} frames, got {t.size}",
-                                          file=file, field="t-coordinate"))
-            elif not np.isfinite(t[:2]).all() or not t[1] > t[0]:
-                problems.append(DataError("must start with two increasing finite times", file=file,
-                                          field="t-coordinate"))
-            else:
-                fields["dt"] = float(t[1] - t[0])
-                fields["t_has_extra"] = t.size == nt + 1
+            fields["dt"] = float(t[1] - t[0])
+            fields["t_has_extra"] = t.size == nt + 1
 
     fields["nu"], fields["nu_source"] = None, ""
     for key in ("nu", "Nu"):

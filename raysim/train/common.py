@@ -7,6 +7,7 @@ import fcntl
 import math
 import os
 import random
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,6 +194,15 @@ def save_checkpoint(directory: Path, payload: dict[str, Any]) -> None:
     os.close(fd)
     torch.save(payload, tmp)
     os.replace(tmp, directory / "state.pt")
+
+
+def replace_dir(source: Path, target: Path) -> None:
+    """Make `target` a copy of `source`: copied beside it first, so a kill leaves the old or the new one."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
 
 
 def load_checkpoint(directory: str | Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from raysim.analysis.storage import write_text_atomic
+from raysim.train.common import replace_dir
 
 
 class RayWorker:
@@ -84,9 +85,5 @@ class LocalStageContext:
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         self.metrics.append(dict(metrics))
         if checkpoint_dir is not None and checkpoint_dir != self.checkpoint_dir:
-            tmp = self.out_dir / "checkpoint.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(checkpoint_dir, tmp)
-            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
-            tmp.rename(self.checkpoint_dir)
+            replace_dir(checkpoint_dir, self.checkpoint_dir)
         write_text_atomic(self.out_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.metrics))

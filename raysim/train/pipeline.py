@@ -48,9 +48,9 @@ EVALUATION = "evaluation"
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    os.replace(tmp, path)
+    from raysim.analysis.storage import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=1, default=float))  # NaN stays NaN, unlike write_json_atomic
 
 
 class TrialState:
@@ -82,12 +82,10 @@ class TrialState:
         return int(load_checkpoint(self.stage_dir(stage))["loop"]["epoch"])
 
     def keep(self, stage: str, checkpoint_dir: Path) -> None:
-        """This stage's latest state replaces the previous one (copied first, then swapped in)."""
-        tmp = self.root / f".{stage}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(checkpoint_dir, tmp)
-        shutil.rmtree(self.stage_dir(stage), ignore_errors=True)
-        tmp.rename(self.stage_dir(stage))
+        """This stage's latest state replaces the previous one."""
+        from raysim.train.common import replace_dir
+
+        replace_dir(checkpoint_dir, self.stage_dir(stage))
 
     def add_time(self, key: str, seconds: float) -> None:
         timings = self.progress["timings"]

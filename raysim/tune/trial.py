@@ -166,7 +166,7 @@ def run_trial(config: dict[str, Any]) -> dict[str, Any]:
                       restarts=progress["restarts"], oom_adjustments=progress["oom"])
         storage.write_npz_atomic(storage.join(trial_dir, "per_trajectory.npz"), saved["per_trajectory"])
         storage.write_npz_atomic(storage.join(trial_dir, "per_step.npz"), saved["per_step"])
-        storage.write_json_atomic(storage.join(trial_dir, "result.json"), record)
+        storage.write_json_atomic(result_file, record)
         return metrics
     except Exception as exc:
         from raysim.analysis.load import error_reason
@@ -175,7 +175,7 @@ def run_trial(config: dict[str, Any]) -> dict[str, Any]:
         error = str(exc) if isinstance(exc, TrialFailed) else f"{type(exc).__name__}: {exc}"
         record.update(status="error", error=error_reason({"error": error, "traceback": trace}) or error[:500],
                       wall_seconds=time.time() - start, traceback=trace)
-        storage.write_json_atomic(storage.join(trial_dir, "result.json"), record)
+        storage.write_json_atomic(result_file, record)
         raise
 
 
