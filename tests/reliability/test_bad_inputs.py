@@ -203,6 +203,7 @@ run_case("negative-tokens", {"model": {"tokens": -3}}, "model.tokens", "positive
 run_case("zero-latent-dim", {"model": {"latent_dim": 0}}, "model.latent_dim", "positive")
 run_case("zero-batch-size", {"operator": {"batch_size": 0}}, "operator.batch_size", "positive")
 run_case("zero-samples", {"data": {"generate": {"samples": 0}}}, "data.generate.samples", "positive")
+run_case("zero-oom-floor", {"resources": {"min_micro_batch": 0}}, "resources.min_micro_batch", "positive")
 run_case("heads-do-not-divide", {"model": {"heads": 3}}, "model.heads", "not divisible")
 run_case("channel-groups-do-not-divide", {"model": {"attention": "channel_separated", "group_size": 6}},
          "model.group_size", "do not divide")
