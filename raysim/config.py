@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import itertools
 import math
+import re
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ PROFILES = ("smoke", "local", "cloud")
 METRICS = (
     "nrmse_one_step",
     "nrmse_rollout",
+    "nrmse_one_step_operator",
+    "nrmse_rollout_operator",
     "nrmse_ttc",
     "nrmse_ttc_random",
     "nrmse_persistence",
@@ -93,6 +96,12 @@ class ModelConfig:
     mlp_ratio: float = 2.0
     drop_path: float = 0.0
     fourier_features: int = 16
+    attention_locality: bool = True  # processor self-attention gets a learned, periodic distance bias per head
+    decoder_point_features: bool = False  # decoder queries also see the input's local stencil at their point
+    family: Literal["upt", "fno"] = "upt"  # upt: the latent operator above; fno: neuraloperator's FNO (fno_* below)
+    fno_modes: int = 16  # Fourier modes kept per spectral layer; at most half the strided grid's points
+    fno_width: int = 64  # hidden channels
+    fno_layers: int = 4  # spectral layers
 
 
 @dataclass
@@ -107,18 +116,23 @@ class StageConfig:
     warmup_fraction: float = 0.05
     grad_clip: float = 1.0
     ema_decay: float = 0.99  # 0 disables EMA
+    ema_warmup: bool = True  # decay of update n: min(ema_decay, (1 + n) / (10 + n)), so early weights fade fast
     early_stopping_patience: int = 0  # epochs without val improvement; 0 disables
     max_nonfinite_steps: int = 20
     max_steps_per_epoch: int | None = None
+    validation_samples: int | None = 512  # validation pairs per epoch, spread evenly over the split; None: all
     final_loss_threshold: float = 1e-3  # milestone: final training loss below this
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on GPU, off on CPU
 
 
 @dataclass
 class OperatorStageConfig(StageConfig):
-    """Operator stage: physical-space next-step loss, optionally unrolled."""
+    """Operator stage: physical-space next-step loss, optionally unrolled with the pushforward trick."""
 
-    unroll_steps: int = 1
+    loss: Literal["mse", "relative"] = "mse"  # relative: per-sample, per-time squared nRMSE (as in the metric)
+    unroll_steps: int = 1  # the longest unroll: steps before the last run without gradient (pushforward)
+    unroll_curriculum: float = 0.5  # fraction of training over which the longest unroll grows from 1 to unroll_steps
+    input_noise: float = 0.0  # std of Gaussian noise added to the input state, as a fraction of the data's std
 
 
 @dataclass
@@ -131,6 +145,11 @@ class DiffusionStageConfig(StageConfig):
     hidden: int = 48
     layers: int = 4
     final_loss_threshold: float = 1e-2
+    # held_out: teacher-forced residuals on validation trajectories the operator never trained on (half train the
+    # corrector, half validate it); rollout: on the operator's own rollout states; teacher_forced: in-sample
+    residuals: Literal["held_out", "rollout", "teacher_forced"] = "held_out"
+    residual_trajectories: int | None = 1024  # at most this many trajectories per split rolled out; None: all
+    rollout_max_nrmse: float = 1.0  # a rollout's pairs end where its state's nRMSE against the truth exceeds this
 
 
 @dataclass
@@ -144,6 +163,8 @@ class EvaluationConfig:
     max_trajectories: int | None = None
     conservation_weight: float = 1.0
     seed: int = 0
+    reward_modes: int | None = 32  # TTC scores candidates on Fourier modes below this only; None: every mode
+    ttc_operator_candidate: bool = False  # true: TTC candidate 0 is the operator alone, the others corrector samples
 
 
 @dataclass
@@ -193,6 +214,7 @@ class ArmConfig:
     description: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)
     reference_values: dict[str, float] = field(default_factory=dict)  # e.g. earlier phases' numbers
+    baseline: bool = False  # a reference point in the report (e.g. a standard FNO); no hypothesis may name it
 
 
 @dataclass
@@ -215,7 +237,7 @@ class HypothesisConfig:
     description: str = ""
     reference: str | None = None  # an arm of the study
     reference_value: float | None = None  # or a fixed number
-    metric: str | None = None  # default: the matrix's metric
+    metric: str | None = None  # default: the matrix's metric (the operator's own rollout, nrmse_rollout_operator)
     tolerance: float = 0.05
     margin: float = 0.10
 
@@ -235,7 +257,7 @@ class MatrixConfig:
     name: str
     base: str
     description: str = ""
-    metric: str = "nrmse_rollout"
+    metric: str = "nrmse_rollout_operator"  # architecture hypotheses: the operator alone, without the corrector
     seeds: list[int] = field(default_factory=lambda: [0])
     default_profile: str = "local"
     arms: dict[str, ArmConfig] = field(default_factory=dict)
@@ -291,6 +313,9 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def parse_sets(sets: list[str] | None, file: str = "--set") -> dict[str, Any]:
     """`["a.b=3", "c=x"]` -> nested dict; values parsed as YAML scalars."""
     out: dict[str, Any] = {}
@@ -302,6 +327,8 @@ def parse_sets(sets: list[str] | None, file: str = "--set") -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):  # YAML 1.1 reads 4e-3 as a string
+            value = float(value)
         out = deep_merge(out, nest_dotted(key.strip(), value))
     return out
 
@@ -424,6 +451,17 @@ def validate_run(cfg: RunConfig, file: str, errors: list[UserError], check_paths
             errors.append(UserError("fewer than 3 frames remain after striding", file, "data.t_stride"))
 
     _positive(errors, file, m, "model", "tokens latent_dim heads group_size depth mlp_ratio fourier_features")
+    _positive(errors, file, m, "model", "fno_modes fno_width fno_layers")
+    if m.family == "fno" and d.path is None and m.fno_modes > 0 and d.x_stride > 0:
+        points = d.generate.nx // d.x_stride  # a data file's grid is known only when the model first runs
+        if m.fno_modes > points // 2:
+            errors.append(
+                UserError(
+                    f"must be at most {points // 2}, half the {points} grid points, got {m.fno_modes}",
+                    file,
+                    "model.fno_modes",
+                )
+            )
     if isinstance(m.latent_dim, int) and isinstance(m.heads, int) and m.heads > 0 and m.latent_dim % m.heads:
         errors.append(UserError(f"latent_dim {m.latent_dim} is not divisible by heads {m.heads}", file, "model.heads"))
     if m.attention == "channel_separated" and isinstance(m.group_size, int) and m.group_size > 0:
@@ -463,12 +501,31 @@ def validate_run(cfg: RunConfig, file: str, errors: list[UserError], check_paths
             errors.append(UserError(f"must be >= 0, got {stage.weight_decay}", file, f"{name}.weight_decay"))
         if stage.max_steps_per_epoch is not None:
             _positive(errors, file, stage, name, "max_steps_per_epoch")
+        if stage.validation_samples is not None:
+            _positive(errors, file, stage, name, "validation_samples")
     _positive(errors, file, cfg.operator, "operator", "unroll_steps")
+    op = cfg.operator
+    if isinstance(op.unroll_curriculum, float) and not 0 <= op.unroll_curriculum <= 1:
+        errors.append(UserError(f"must be in [0, 1], got {op.unroll_curriculum}", file, "operator.unroll_curriculum"))
+    if isinstance(op.input_noise, float) and not 0 <= op.input_noise < 1:
+        errors.append(UserError(f"must be in [0, 1), got {op.input_noise}", file, "operator.input_noise"))
+    if isinstance(op.unroll_steps, int) and d.path is None and isinstance(d.generate.nt, int):
+        frames = (d.generate.nt - 1) // max(d.t_stride, 1) + 1 if isinstance(d.t_stride, int) else None
+        if frames is not None and op.unroll_steps >= frames:
+            errors.append(UserError(f"must be below the {frames} frames left after striding, got {op.unroll_steps}",
+                                    file, "operator.unroll_steps"))
     _positive(errors, file, cfg.diffusion, "diffusion", "noise_steps sigma_min hidden layers")
     if isinstance(cfg.diffusion.sigma_min, float) and not 0 < cfg.diffusion.sigma_min < 1:
         errors.append(UserError(f"must be in (0, 1), got {cfg.diffusion.sigma_min}", file, "diffusion.sigma_min"))
+    if cfg.diffusion.residuals == "held_out" and d.path is None and isinstance(d.generate.samples, int):
+        if isinstance(d.splits, list) and len(d.splits) == 3 and math.floor(d.splits[1] * d.generate.samples) < 2:
+            errors.append(UserError("held_out needs at least 2 validation trajectories (data.splits x samples)",
+                                    file, "diffusion.residuals"))
+    if cfg.diffusion.residual_trajectories is not None:
+        _positive(errors, file, cfg.diffusion, "diffusion", "residual_trajectories")
+    _positive(errors, file, cfg.diffusion, "diffusion", "rollout_max_nrmse")
     _positive(errors, file, cfg.evaluation, "evaluation", "ttc_candidates corrector_samples batch_size")
-    for name in ("horizon", "max_trajectories"):
+    for name in ("horizon", "max_trajectories", "reward_modes"):
         if getattr(cfg.evaluation, name) is not None:
             _positive(errors, file, cfg.evaluation, "evaluation", name)
     _positive(errors, file, cfg.resources, "resources", "num_workers cpus_per_worker min_micro_batch")
@@ -542,10 +599,18 @@ def load_matrix(path: str | Path) -> MatrixConfig:
             errors.append(UserError(f"duplicate hypothesis id {h.id}", file, f"{where}.id"))
         if h.candidate not in matrix.arms:
             errors.append(UserError(f"names arm {h.candidate!r}, which does not exist", file, f"{where}.candidate"))
+        for role in ("candidate", "reference"):
+            arm = getattr(h, role)
+            if arm in matrix.arms and matrix.arms[arm].baseline:
+                reason = f"names baseline arm {arm!r}, which no hypothesis may use"
+                errors.append(UserError(reason, file, f"{where}.{role}"))
         if (h.reference is None) == (h.reference_value is None):
             errors.append(UserError("give exactly one of reference or reference_value", file, f"{where}.reference"))
         if h.reference is not None and h.reference not in matrix.arms:
             errors.append(UserError(f"names arm {h.reference!r}, which does not exist", file, f"{where}.reference"))
+        if h.reference is not None and h.reference == h.candidate:
+            errors.append(UserError(f"is the candidate arm {h.candidate!r}: a hypothesis compares two different arms",
+                                    file, f"{where}.reference"))
         if h.reference_value is not None and h.reference_value <= 0:
             errors.append(UserError("must be positive", file, f"{where}.reference_value"))
         if h.metric is not None and h.metric not in METRICS:

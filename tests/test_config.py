@@ -31,9 +31,11 @@ def test_every_ablation_file_validates(path):
 
 def test_phase3_is_the_guide():
     m = load_matrix(PHASE3)
-    assert list(m.arms) == ["ushaped-128", "ushaped-256", "pure-128", "pure-256", "pure-128-chansep"]
+    assert list(m.arms) == ["ushaped-128", "ushaped-256", "pure-128", "pure-256", "pure-128-chansep", "fno-baseline"]
+    assert [a for a, arm in m.arms.items() if arm.baseline] == ["fno-baseline"]
     assert m.arms["ushaped-128"].reference_values["nrmse_rollout"] == 0.0577
     assert m.arms["ushaped-256"].reference_values["nrmse_rollout"] == 0.0596
+    assert m.metric == "nrmse_rollout_operator"  # architecture hypotheses: the operator's own rollout
     h = {x.id: x for x in m.hypotheses}
     assert (h["H1"].test, h["H1"].candidate, h["H1"].reference, h["H1"].tolerance) == (
         "within",
@@ -50,7 +52,10 @@ def test_phase3_is_the_guide():
     assert (h["H3"].candidate, h["H3"].reference) == ("pure-128", "pure-128-chansep")
     for profile in ("smoke", "local", "cloud"):
         arms = expand_arms(m, profile)
-        assert {a: c.model.tokens for a, c in arms.items()} == {
+        assert {a: c.model.family for a, c in arms.items()} == {
+            a: "fno" if a == "fno-baseline" else "upt" for a in arms
+        }
+        assert {a: c.model.tokens for a, c in arms.items() if c.model.family == "upt"} == {
             "ushaped-128": 128,
             "ushaped-256": 256,
             "pure-128": 128,
@@ -60,6 +65,8 @@ def test_phase3_is_the_guide():
         assert arms["pure-128-chansep"].model.attention == "channel_separated"
         assert arms["ushaped-256"].model.processor == "u_shaped"
     assert expand_arms(m, "cloud")["pure-128"].resources.accelerator_type == "A100"
+    smoke = expand_arms(m, "smoke")["fno-baseline"].model
+    assert (smoke.fno_width, smoke.fno_modes, smoke.fno_layers) == (16, 8, 2)  # the smoke profile stays tiny
 
 
 def test_set_overrides_and_include(tmp_path):
@@ -106,6 +113,23 @@ BAD_RUNS = [
     ("logging: {mode: loud}", "logging.mode", "one of"),
     ("model: [1, 2]", "model", "mapping"),
     ("operator: {unroll_steps: 1.5}", "operator.unroll_steps", "integer"),
+    ("model: {family: cnn}", "model.family", "one of"),
+    ("model: {fno_modes: 0}", "model.fno_modes", "positive"),
+    ("model: {fno_width: -1}", "model.fno_width", "positive"),
+    ("model: {fno_layers: 0}", "model.fno_layers", "positive"),
+    ("model: {fno_width: 2.5}", "model.fno_width", "integer"),
+    ("model: {family: fno, fno_modes: 200}", "model.fno_modes", "at most 128, half the 256 grid points"),
+    ("operator: {loss: l1}", "operator.loss", "one of"),
+    ("operator: {unroll_steps: 0}", "operator.unroll_steps", "positive"),
+    ("operator: {unroll_steps: 41}", "operator.unroll_steps", "below the 41 frames"),
+    ("operator: {unroll_curriculum: 1.5}", "operator.unroll_curriculum", "[0, 1]"),
+    ("operator: {unroll_curriculum: soon}", "operator.unroll_curriculum", "number"),
+    ("operator: {input_noise: -0.1}", "operator.input_noise", "[0, 1)"),
+    ("operator: {ema_warmup: 1}", "operator.ema_warmup", "true or false"),
+    ("operator: {validation_samples: 0}", "operator.validation_samples", "positive"),
+    ("diffusion: {validation_samples: many}", "diffusion.validation_samples", "integer"),
+    ("model: {attention_locality: yes please}", "model.attention_locality", "true or false"),
+    ("model: {decoder_point_features: 0}", "model.decoder_point_features", "true or false"),
 ]
 
 
@@ -148,6 +172,7 @@ def _matrix(tmp_path, mutate) -> Path:
     [
         (lambda d: d["hypotheses"][0].update(candidate="pure-512"), "hypotheses[0].candidate", "does not exist"),
         (lambda d: d["hypotheses"][1].update(reference="ushaped-999"), "hypotheses[1].reference", "does not exist"),
+        (lambda d: d["hypotheses"][2].update(reference="pure-128"), "hypotheses[2].reference", "two different arms"),
         (lambda d: d["hypotheses"][0].update(test="roughly"), "hypotheses[0].test", "one of"),
         (lambda d: d["profiles"].pop("cloud"), "profiles.cloud", "missing"),
         (lambda d: d.update(metric="accuracy"), "metric", "unknown metric"),
@@ -157,6 +182,9 @@ def _matrix(tmp_path, mutate) -> Path:
             "positive",
         ),
         (lambda d: d.update(base="nope.yaml"), "base", "does not exist"),
+        (lambda d: d["arms"]["fno-baseline"].update(baseline="yes"), "arms.fno-baseline.baseline", "true or false"),
+        (lambda d: d["hypotheses"][0].update(candidate="fno-baseline"), "hypotheses[0].candidate", "baseline arm"),
+        (lambda d: d["hypotheses"][2].update(reference="fno-baseline"), "hypotheses[2].reference", "baseline arm"),
     ],
 )
 def test_bad_matrix(tmp_path, capsys, mutate, field, words):
@@ -181,3 +209,9 @@ def test_cli_usage_errors_exit_2(capsys):
     assert main(["run", str(PHASE3), "--profile", "huge", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "unknown profile 'huge'" in err and "Traceback" not in err
+
+
+def test_set_reads_exponent_floats_as_numbers():
+    from raysim.config import parse_sets
+
+    assert parse_sets(["operator.lr=4e-3", "a=1E+2", "b=x1e3"]) == {"operator": {"lr": 0.004}, "a": 100.0, "b": "x1e3"}
