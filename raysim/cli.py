@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--nt", type=int, default=201)
     gen.add_argument("--t-end", type=float, default=2.0)
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--workers", type=int, default=None,
+                     help="processes solving batches of trajectories in parallel (default: the CPUs available, "
+                          "at most one per batch); the output is identical for any value")
     ins = dsub.add_parser("inspect", help="shape, grid, time step, nu and problems of an HDF5 file")
     ins.add_argument("file")
     _commands(data, dsub)
@@ -197,18 +200,20 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 _GENERATE_FLAGS = {"nu": "--nu", "samples": "--samples", "nx": "--nx", "nt": "--nt", "t_end": "--t-end",
-                   "seed": "--seed", "out": "--out"}
+                   "seed": "--seed", "workers": "--workers", "out": "--out"}
 
 
 def _data(args: argparse.Namespace) -> int:
     from raysim.errors import DataError
 
     if args.data_verb == "generate":
-        from raysim.data.burgers import generate
+        from raysim.data.burgers import available_cpus, generate
 
+        workers = available_cpus() if args.workers is None else args.workers  # generate() caps it at the batches
         try:
             out = generate(
-                args.out, nu=args.nu, samples=args.samples, nx=args.nx, nt=args.nt, t_end=args.t_end, seed=args.seed
+                args.out, nu=args.nu, samples=args.samples, nx=args.nx, nt=args.nt, t_end=args.t_end, seed=args.seed,
+                workers=workers, progress=True,
             )
         except DataError as exc:  # name the file being written and the flag, not generate()'s argument
             raise DataError(exc.reason, file=exc.file or args.out,

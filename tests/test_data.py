@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import filecmp
 import pickle
+import subprocess
+import sys
+import textwrap
 
 import h5py
 import numpy as np
@@ -175,11 +178,96 @@ def test_generate_is_atomic(tmp_path, monkeypatch) -> None:
 @pytest.mark.parametrize("kwargs,field", [
     ({"nu": 0.0}, "nu"), ({"nu": -1.0}, "nu"), ({"samples": 0}, "samples"),
     ({"nx": 63}, "nx"), ({"nt": 1}, "nt"), ({"t_end": 0.0}, "t_end"), ({"batch": 0}, "batch"), ({"seed": -1}, "seed"),
+    ({"workers": 0}, "workers"), ({"workers": 2.0}, "workers"),
 ])
 def test_generate_rejects_bad_arguments(tmp_path, kwargs, field) -> None:
     with pytest.raises(DataError) as exc:
         generate(tmp_path / "x.h5", **{"samples": 2, "nx": 32, "nt": 5, **kwargs})
     assert exc.value.field == field and field in str(exc.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+SMALL = dict(nu=0.1, samples=10, nx=64, nt=11, t_end=0.5, seed=3, batch=3)  # batches of 3, 3, 3 and 1
+
+
+def assert_same_file(a, b) -> None:
+    """The same tensor, coordinates and attributes, and in fact the same bytes."""
+    with h5py.File(a) as fa, h5py.File(b) as fb:
+        for name in ("tensor", "x-coordinate", "t-coordinate"):
+            np.testing.assert_array_equal(fa[name][...], fb[name][...], strict=True)
+        assert dict(fa.attrs) == dict(fb.attrs)
+    assert filecmp.cmp(a, b, shallow=False)
+
+
+def test_generate_is_identical_for_any_number_of_workers(tmp_path) -> None:
+    serial = generate(tmp_path / "serial.h5", **SMALL)
+    for workers in (2, 3):  # spawned processes (Ray is not initialised here)
+        assert_same_file(serial, generate(tmp_path / f"w{workers}.h5", workers=workers, **SMALL))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["serial.h5", "w2.h5", "w3.h5"]
+
+
+@pytest.mark.slow
+def test_generate_through_ray_tasks_is_identical(tmp_path, monkeypatch) -> None:
+    import ray
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a Ray driver must solve the batches as Ray tasks")
+
+    serial = generate(tmp_path / "serial.h5", **SMALL)
+    monkeypatch.setattr(burgers, "_pool_batches", no_pool)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    try:
+        assert burgers.available_cpus() == 2
+        assert_same_file(serial, generate(tmp_path / "ray.h5", workers=2, **SMALL))
+    finally:
+        ray.shutdown()
+
+
+FLAKY_SOLVER = """
+from raysim.data import burgers
+
+
+def solve_batch(problem, start, stop):
+    if start >= 3:  # the first batch succeeds and is written, the next ones fail
+        raise RuntimeError(f"worker failed on trajectories {start}..{stop - 1}")
+    return burgers._solve_batch(problem, start, stop)
+"""
+
+
+def test_generate_worker_failure_leaves_nothing(tmp_path, monkeypatch) -> None:
+    """A batch failing in a spawned worker: the error reaches the caller, no file and no temporary file."""
+    modules = tmp_path / "modules"  # a module the spawned workers can import
+    modules.mkdir()
+    (modules / "flaky_solver.py").write_text(textwrap.dedent(FLAKY_SOLVER))
+    monkeypatch.syspath_prepend(str(modules))
+    import flaky_solver
+
+    monkeypatch.setattr(burgers, "_solve_batch", flaky_solver.solve_batch)
+    out = tmp_path / "data" / "x.h5"
+    out.parent.mkdir()
+    with pytest.raises(RuntimeError, match="worker failed"):
+        generate(out, workers=2, **SMALL)
+    assert list(out.parent.iterdir()) == []
+
+
+def test_generate_progress_lines(tmp_path, capsys) -> None:
+    """Not on a terminal: a few plain lines on stderr with progress, nothing without."""
+    generate(tmp_path / "quiet.h5", **SMALL)
+    assert capsys.readouterr() == ("", "")
+    generate(tmp_path / "shown.h5", progress=True, **SMALL)
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert not out and 1 <= len(lines) <= 4 and "\r" not in err
+    assert "10/10" in lines[-1] and "traj/s" in lines[-1]
+
+
+def test_cli_rejects_bad_workers(tmp_path) -> None:
+    cmd = [sys.executable, "-m", "raysim.cli", "data", "generate", "--out", "x.h5", "--samples", "2", "--nx", "16",
+           "--nt", "5", "--workers", "0"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("x.h5: --workers: ") and ">= 1" in lines[0], proc.stderr
     assert list(tmp_path.iterdir()) == []
 
 

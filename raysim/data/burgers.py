@@ -7,18 +7,29 @@ dealiasing of the quadratic term), exponential time differencing RK4 in t (Kassa
 Trefethen 2005) with the phi-function coefficients evaluated by contour integrals.
 The time step obeys a CFL bound h <= cfl * dx / max|u|; viscous Burgers satisfies a
 maximum principle, so max|u0| bounds |u| for all time and the step is fixed per solve.
+
+generate() solves batches of trajectories serially, in spawned processes, or as Ray tasks from a
+Ray driver; only the calling process writes the file, in trajectory order.
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
 import numbers
 import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from raysim.errors import DataError
+from raysim.progress import progress_bar
 
 # Initial conditions (PDEBench "init_multi" style).
 N_MODES = 2  # sine modes summed per sample
@@ -33,6 +44,7 @@ CFL = 1.0  # default Courant number h * max|u| / dx (RK4 limit without viscosity
 ROWS = 16  # trajectories integrated together (cache-sized blocks)
 CONTOUR_POINTS = 32  # points on the half circle for the ETDRK4 coefficients
 RESOLVE_CONST = 7.0  # solver grid: nx_solve >= RESOLVE_CONST / nu (see solver_nx)
+IN_FLIGHT = 2  # batches submitted and not yet written, per parallel worker
 
 
 def cell_centres(nx: int, lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
@@ -206,18 +218,118 @@ def _integrate(u0: np.ndarray, frames: np.ndarray, steps: int, coef: tuple[np.nd
 
 
 def _check_generate_args(nu: float, samples: int, nx: int, nt: int, t_end: float,
-                         batch: int, seed: int) -> None:
+                         batch: int, seed: int, workers: int = 1) -> None:
     """Raise DataError naming the first bad argument of generate()."""
     if not (isinstance(nu, numbers.Real) and math.isfinite(nu) and nu > 0):
         raise DataError(f"must be a positive number, got {nu!r}", field="nu")
     for name, value, least in (("samples", samples, 1), ("nx", nx, 4), ("nt", nt, 2),
-                               ("batch", batch, 1), ("seed", seed, 0)):
+                               ("batch", batch, 1), ("seed", seed, 0), ("workers", workers, 1)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
             raise DataError(f"must be an integer >= {least}, got {value!r}", field=name)
     if nx % 2:
         raise DataError(f"must be even (the spectral solver needs it), got {nx}", field="nx")
     if not (isinstance(t_end, numbers.Real) and math.isfinite(t_end) and t_end > 0):
         raise DataError(f"must be a positive number, got {t_end!r}", field="t_end")
+
+
+# ----------------------------------------------------------------------------- batches, serial or parallel
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """Everything a batch of trajectories depends on besides its indices (small: sent with every task)."""
+
+    nu: float
+    t_end: float
+    nt: int
+    nx: int  # stored grid
+    solver_nx: int
+    lo: float
+    hi: float
+    seed: int
+
+
+def _solve_batch(problem: _Problem, start: int, stop: int) -> np.ndarray:
+    """Trajectories start..stop-1 as (stop - start, nt, nx) float32; trajectory i starts from default_rng([seed, i])."""
+    lo, hi = problem.lo, problem.hi
+    xs = cell_centres(problem.solver_nx, lo, hi)  # (nxs,) solver grid
+    u0 = np.concatenate([
+        initial_conditions(np.random.default_rng([problem.seed, i]), 1, xs, (lo, hi)) for i in range(start, stop)
+    ])  # (b, nxs)
+    return solve(u0, problem.nu, problem.t_end, problem.nt, length=hi - lo, umax=U_BOUND, out_nx=problem.nx,
+                 dtype=np.float32)
+
+
+def _ray_driver() -> bool:
+    """Whether Ray is initialised in this process and it is the driver, not a Ray task or actor."""
+    ray = sys.modules.get("ray")  # not imported: not initialised
+    return bool(ray and ray.is_initialized() and ray.get_runtime_context().worker.mode != ray.WORKER_MODE)
+
+
+def available_cpus() -> int:
+    """CPUs generate() may use: the cluster's from a Ray driver, the task's own in a Ray worker, else this process's."""
+    ray = sys.modules.get("ray")
+    if ray and ray.is_initialized():
+        if _ray_driver():
+            return max(1, int(ray.cluster_resources().get("CPU", 1)))
+        return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _pool_batches(problem: _Problem, spans: list[tuple[int, int]], workers: int) -> Iterator[np.ndarray]:
+    """Each span's frames, in order, solved by `workers` spawned processes; at most IN_FLIGHT * workers queued."""
+    # spawn, not fork (h5py's state does not survive a fork); workers ignore Ctrl-C, the driver stops them
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+    pending: deque = deque()  # futures in span order
+    try:
+        for start, stop in spans:
+            pending.append(pool.submit(_solve_batch, problem, start, stop))
+            if len(pending) == IN_FLIGHT * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    except BaseException:  # an error, Ctrl-C or the consumer stopping: drop queued batches, end running ones
+        processes = list((getattr(pool, "_processes", None) or {}).values())  # no public handle before 3.14
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        raise
+    pool.shutdown()
+
+
+def _ray_batches(problem: _Problem, spans: list[tuple[int, int]], workers: int) -> Iterator[np.ndarray]:
+    """Each span's frames, in order, solved as Ray tasks of one CPU (on any node); at most IN_FLIGHT * workers out."""
+    import ray
+
+    task = ray.remote(num_cpus=1)(_solve_batch)
+    pending: deque = deque()  # object refs in span order
+    try:
+        for start, stop in spans:
+            pending.append(task.remote(problem, start, stop))
+            if len(pending) == IN_FLIGHT * workers:
+                yield ray.get(pending.popleft())
+        while pending:
+            yield ray.get(pending.popleft())
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref)
+        raise
+
+
+def _solved_batches(problem: _Problem, spans: list[tuple[int, int]], workers: int) -> Iterator[np.ndarray]:
+    """Each span's frames (stop - start, nt, nx), in order: here (one worker), as Ray tasks, or in processes.
+
+    Ray tasks only from a Ray driver: a Ray task or actor holds its own CPUs, and tasks it waited on could
+    find none free, so there the local processes (as many as it holds CPUs) solve the batches.
+    """
+    if workers == 1:
+        return (_solve_batch(problem, start, stop) for start, stop in spans)
+    if _ray_driver():
+        return _ray_batches(problem, spans, workers)
+    return _pool_batches(problem, spans, workers)
 
 
 def generate(
@@ -231,6 +343,7 @@ def generate(
     batch: int = 64,
     *,
     x_range: tuple[float, float] = (-1.0, 1.0),
+    workers: int = 1,
     progress: bool = False,
 ) -> Path:
     """Write a PDEBench-layout HDF5 file of `samples` Burgers trajectories and return its path.
@@ -238,15 +351,20 @@ def generate(
     `tensor` (N, nt, nx) float32, `x-coordinate` (nx,) cell centres on x_range,
     `t-coordinate` (nt + 1,) = j * dt like PDEBench's files. Trajectory i's initial
     condition comes from default_rng([seed, i]) and every batch uses the same step
-    (CFL with the bound |u0| <= 2), so the file is byte-identical for any batch size.
+    (CFL with the bound |u0| <= 2), so the file is byte-identical for any batch size and
+    any number of workers (on machines with the same numpy build and CPU features).
     The solver grid is solver_nx(nu, nx): when it equals nx the file holds point values at
     the cell centres, otherwise cell averages of the finer solver grid (not spectral
-    truncation, which rings at under-resolved shocks). Written to a temporary file in the
-    same folder, then renamed.
+    truncation, which rings at under-resolved shocks). With workers > 1 (capped at the
+    number of batches) batches run as Ray tasks when this process is a Ray driver, else in
+    `workers` spawned processes (a script that calls this needs the usual `if __name__ ==
+    "__main__":` guard); this process writes them in order as they arrive.
+    `progress` shows trajectories done, rate and ETA on stderr. Written to a temporary
+    file in the same folder, then renamed; on any error the temporary file is removed.
     """
     import h5py
 
-    _check_generate_args(nu, samples, nx, nt, t_end, batch, seed)
+    _check_generate_args(nu, samples, nx, nt, t_end, batch, seed, workers)
     lo, hi = float(x_range[0]), float(x_range[1])
     if not hi > lo:
         raise DataError(f"must be (lo, hi) with lo < hi, got {x_range!r}", field="x_range")
@@ -255,14 +373,16 @@ def generate(
         raise DataError("folder does not exist", file=str(out.parent), field="out")
     if out.is_dir():
         raise DataError("is a folder, not a file name", file=str(out), field="out")
-    length = hi - lo
     nxs = solver_nx(float(nu), nx)
+    problem = _Problem(float(nu), float(t_end), int(nt), int(nx), nxs, lo, hi, int(seed))
+    spans = [(start, min(start + batch, samples)) for start in range(0, samples, batch)]
     x = cell_centres(nx, lo, hi)  # (nx,) stored grid
-    xs = cell_centres(nxs, lo, hi)  # (nxs,) solver grid
     dt = t_end / (nt - 1)
     t = np.arange(nt + 1) * dt  # (nt + 1,) PDEBench stores one extra time
 
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # same folder: os.replace is atomic
+    batches = _solved_batches(problem, spans, min(int(workers), len(spans)))  # starts nothing until iterated
+    bar = progress_bar(samples, f"generate {out.name}", "traj", progress)
     try:
         with h5py.File(tmp, "w", track_order=False) as f:
             f.attrs["nu"] = float(nu)
@@ -274,18 +394,14 @@ def generate(
             f.create_dataset("t-coordinate", data=t.astype(np.float32))
             tensor = f.create_dataset("tensor", shape=(samples, nt, nx), dtype=np.float32,
                                       chunks=(1, 1, nx))
-            for start in range(0, samples, batch):
-                stop = min(start + batch, samples)
-                u0 = np.concatenate([
-                    initial_conditions(np.random.default_rng([seed, i]), 1, xs, (lo, hi))
-                    for i in range(start, stop)
-                ])  # (b, nxs)
-                tensor[start:stop] = solve(u0, float(nu), t_end, nt, length=length,
-                                           umax=U_BOUND, out_nx=nx, dtype=np.float32)
-                if progress:
-                    print(f"generate: {stop}/{samples} trajectories", flush=True)
+            for (start, stop), frames in zip(spans, batches, strict=True):
+                tensor[start:stop] = frames  # (b, nt, nx)
+                bar.update(stop - start)
         os.replace(tmp, out)
     except BaseException:
+        batches.close()  # cancels the work still pending
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        bar.close()
     return out

@@ -235,6 +235,12 @@ def _(w: Path):
     return ["validate", matrix(w, hypotheses=hyp)], ["m.yaml", "hypotheses[0].reference", "'ushaped'"]
 
 
+@case("hypothesis-reference-is-candidate")
+def _(w: Path):
+    hyp = [{"id": "H1", "test": "within", "candidate": "a", "reference": "a"}]
+    return ["validate", matrix(w, hypotheses=hyp)], ["m.yaml", "hypotheses[0].reference", "'a'", "two different"]
+
+
 @case("hypothesis-both-references")
 def _(w: Path):
     hyp = [{"id": "H1", "test": "within", "candidate": "a", "reference": "b", "reference_value": 0.05}]
@@ -482,6 +488,8 @@ for _name, _argv, _words in [
     ("promote-without-arm", ["promote", "somewhere"], ["raysim promote", "required", "--arm"]),
     ("generate-samples-not-int", ["data", "generate", "--out", "x.h5", "--samples", "abc"],
      ["raysim data generate", "--samples", "invalid int", "abc"]),
+    ("generate-workers-not-int", ["data", "generate", "--out", "x.h5", "--workers", "abc"],
+     ["raysim data generate", "--workers", "invalid int", "abc"]),
     ("bench-unknown-kind", ["bench", "gpu"], ["raysim bench", "invalid choice", "gpu"]),
     ("unknown-option", ["validate", "x.yaml", "--strict"], ["raysim", "unrecognized", "--strict"]),
 ]:
@@ -497,6 +505,8 @@ for _name, _extra, _words in [
     ("generate-nt-one", ["--nt", "1"], ["--nt", ">= 2"]),
     ("generate-t-end-zero", ["--t-end", "0"], ["--t-end", "positive"]),
     ("generate-seed-negative", ["--seed", "-1"], ["--seed", ">= 0"]),
+    ("generate-workers-zero", ["--workers", "0"], ["--workers", ">= 1"]),
+    ("generate-workers-negative", ["--workers", "-1"], ["--workers", ">= 1"]),
 ]:
     case(_name)(lambda w, extra=_extra, words=_words: (
         ["data", "generate", "--out", "x.h5", "--samples", "2", "--nx", "16", "--nt", "5", *extra], ["x.h5", *words]))
