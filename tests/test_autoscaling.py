@@ -129,7 +129,7 @@ class TestPlainTasks:
 # node id, GPU ids, start and end), the State API's actors and tasks (trainer workers, Tune's trial actors) -- and
 # a monitor process that samples the alive nodes and trainer workers once a second.
 
-ARMS = ["pure-128", "pure-128-chansep", "pure-256", "ushaped-128", "ushaped-256"]
+ARMS = ["fno-baseline", "pure-128", "pure-128-chansep", "pure-256", "ushaped-128", "ushaped-256"]
 STUDY_MAX_WORKERS = 2  # the smoke profile runs 2 trials at once: one fake A100 node each
 # Longer than the gap between two trials on a node (up to ~40 s on 2 loaded cores: Train's shutdown and
 # start-up), so a node is not removed and relaunched mid-study (at 0.5

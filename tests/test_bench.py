@@ -22,7 +22,8 @@ def _bench(what: str, out: Path) -> dict:
 def test_bench_train_quick(tmp_path):
     figures = _bench("train", tmp_path)
     assert figures["device"] == "cpu" and figures["machine"]["device"] == "cpu"
-    assert set(figures["arms"]) == {"ushaped-128", "ushaped-256", "pure-128", "pure-256", "pure-128-chansep"}
+    assert set(figures["arms"]) == {"ushaped-128", "ushaped-256", "pure-128", "pure-256", "pure-128-chansep",
+                                    "fno-baseline"}
     for arm in figures["arms"].values():
         assert arm["samples_per_second"] > 0 and arm["params"] > 0 and arm["flops_per_sample"] > 0
 

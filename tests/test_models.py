@@ -20,11 +20,13 @@ from raysim.models import (
     load_model_state,
     model_state,
 )
-from raysim.models.build import _EXTRA_FLOPS, ATTENTIONS, ENCODERS, PROCESSORS
+from raysim.models.build import _EXTRA_FLOPS, ATTENTIONS, ENCODERS, FAMILIES, PROCESSORS
+from raysim.models.fno import FNOOperator
 from raysim.models.layers import ChannelSeparatedAttention, DropPath, StandardAttention
 
 X = 256
 SMALL = dict(latent_dim=32, heads=2, group_size=8, depth=2, stage_depths=[1, 1], fourier_features=8)
+SMALL_FNO = dict(family="fno", fno_width=16, fno_modes=8, fno_layers=2, fourier_features=4)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -207,6 +209,130 @@ def test_counts() -> None:
     with FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOPS) as counter:
         attn(torch.randn(1, 128, 32))
     assert counter.get_total_flops() == linear_only + 2 * 2 * 128 * 128 * 32
+
+
+# --------------------------------------------------------------------------- FNO baseline
+
+
+def small_fno(**overrides) -> ModelConfig:
+    return ModelConfig(**{**SMALL_FNO, **overrides})
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_runs_and_round_trips(tmp_path, family: str) -> None:
+    torch.manual_seed(0)
+    model = build_operator(small_config(tokens=16) if family == "upt" else small_fno()).eval()
+    model.set_normalization(0.3, 2.5, 0.1)
+    with torch.no_grad():  # move the small-initialised output layers so every weight matters
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    u, x, nu, dt = inputs()
+    out = model(u, x, nu, dt)
+    assert out.shape == (2, X) and torch.isfinite(out).all()
+    torch.save(model_state(model), tmp_path / "op.pt")
+    loaded = load_model_state(torch.load(tmp_path / "op.pt", weights_only=True))
+    assert type(loaded) is type(model) and loaded.config == model.config and not loaded.training
+    assert torch.equal(loaded(u, x, nu, dt), out)
+    assert count_params(model) > 0 and flops_per_sample(model, X) > 0
+
+
+def test_fno_is_neuraloperators_fno_and_starts_near_persistence() -> None:
+    torch.manual_seed(0)
+    model = build_operator(small_fno())
+    assert isinstance(model, FNOOperator) and type(model.fno).__module__ == "neuralop.models.fno"
+    assert model.fno.positional_embedding is None and model.fno.domain_padding is None  # periodic features instead
+    u, x, nu, dt = inputs()
+    model.set_normalization(0.0, 1.0, 0.1)
+    assert (model(u, x, nu, dt) - u).abs().max() < 0.01
+
+
+def test_fno_shape_assertions() -> None:
+    model = build_operator(small_fno())
+    u, x, nu, dt = inputs()
+    with pytest.raises(AssertionError, match=r"u must be \(B, X\)"):
+        model(u[None], x, nu, dt)
+    with pytest.raises(AssertionError, match=r"x must be \(256,\)"):
+        model(u, x[:-1], nu, dt)
+    with pytest.raises(AssertionError, match="nu, dt must be"):
+        model(u, x, nu, dt[:1])
+    with pytest.raises(ValueError, match=r"model\.fno_modes 8 is more than half the 12 grid points"):
+        model(u[:, :12], grid(12), nu, dt)
+    with pytest.raises(ValueError, match="unknown family"):
+        build_operator(small_fno(family="cnn"))
+
+
+def test_fno_trains_on_a_tiny_problem() -> None:
+    torch.manual_seed(0)
+    model = build_operator(small_fno())
+    u, x, nu, dt = inputs(batch=4, nx=64, seed=1)
+    target = torch.roll(u, 3, dims=1)  # advection by 3 cells
+    model.set_normalization(float(u.mean()), float(u.std()), float((target - u).std()))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)  # complex spectral weights included
+    losses = []
+    for _ in range(60):
+        loss = torch.nn.functional.mse_loss(model(u, x, nu, dt), target)
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < losses[0] / 4, f"MSE {losses[0]:.3g} -> {losses[-1]:.3g}"
+
+
+def test_fno_checkpoint_holds_tensors_only(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = build_operator(small_fno())
+    ema = torch.optim.swa_utils.AveragedModel(model)  # wrappers are unwrapped
+    state = model_state(ema)["state_dict"]
+    assert "_metadata" not in model.state_dict() and "_metadata" not in ema.state_dict()
+    assert all(type(v) is torch.Tensor for v in state.values())
+    assert any(v.is_complex() for v in state.values())  # the spectral weights, saved as complex64 tensors
+    torch.save(model_state(ema), tmp_path / "op.pt")
+    rng = torch.get_rng_state()
+    loaded = load_model_state(torch.load(tmp_path / "op.pt", weights_only=True))
+    assert torch.equal(torch.get_rng_state(), rng), "loading must not consume the global RNG"
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+
+
+def test_fno_counts() -> None:
+    torch.manual_seed(0)
+    model = build_operator(small_fno())
+    complex_weights = [p for p in model.parameters() if p.is_complex()]
+    assert len(complex_weights) == 2 and complex_weights[0].shape == (16, 16, 8 // 2 + 1)
+    real = sum(p.numel() for p in model.parameters() if not p.is_complex())
+    assert count_params(model) == real + 2 * sum(p.numel() for p in complex_weights)
+    assert count_params(build_operator(small_fno(fno_width=32))) > count_params(model)
+
+    with FlopCounterMode(display=False) as plain:
+        model(*inputs(batch=1))
+    assert flops_per_sample(model, X) > plain.get_total_flops() > 0  # FFTs and complex products added
+
+
+def test_count_params_of_a_frozen_model_counts_every_weight() -> None:
+    torch.manual_seed(0)
+    model = build_operator(small_fno())
+    trainable = count_params(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    assert count_params(model) == 0
+    assert count_params(model, trainable_only=False) == trainable  # complex weights still count as two
+    head = next(p for p in model.parameters() if not p.is_complex())
+    head.requires_grad_(True)
+    assert count_params(model) == head.numel()
+
+
+def test_fft_and_complex_matmul_flops() -> None:
+    def flops(fn, *args) -> int:
+        with FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOPS) as counter:
+            fn(*args)
+        return counter.get_total_flops()
+
+    signal = torch.randn(3, 64)  # 3 signals of N = 64 points: 5 N log2 N each, half for a real transform
+    assert flops(torch.fft.rfft, signal) == 3 * 2.5 * 64 * 6
+    assert flops(torch.fft.irfft, torch.fft.rfft(signal), 64) == 3 * 2.5 * 64 * 6
+    assert flops(torch.fft.fft, signal.to(torch.complex64)) == 3 * 5 * 64 * 6
+    a, b = torch.randn(2, 3, 4), torch.randn(2, 4, 5)
+    assert flops(torch.bmm, a, b) == 2 * 2 * 3 * 4 * 5
+    assert flops(torch.bmm, a.to(torch.complex64), b.to(torch.complex64)) == 4 * 2 * 2 * 3 * 4 * 5
 
 
 # --------------------------------------------------------------------------- diffusion corrector

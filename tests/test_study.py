@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASE3 = str(ROOT / "ablations" / "phase3.yaml")
-ARMS = {"ushaped-128", "ushaped-256", "pure-128", "pure-256", "pure-128-chansep"}
+ARMS = {"ushaped-128", "ushaped-256", "pure-128", "pure-256", "pure-128-chansep", "fno-baseline"}
 
 pytestmark = pytest.mark.slow
 

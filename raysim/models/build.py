@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import torch
@@ -14,23 +15,31 @@ from raysim.config import DiffusionStageConfig, ModelConfig
 from raysim.models.decoder import CrossAttentionDecoder
 from raysim.models.diffusion import ConvDenoiser, DiffusionCorrector, noise_schedule
 from raysim.models.encoder import PatchEncoder, PerceiverEncoder
+from raysim.models.fno import FNOOperator
 from raysim.models.layers import ChannelSeparatedAttention, StandardAttention
 from raysim.models.operator import LatentOperator
 from raysim.models.processor import PDETStackProcessor, UShapedProcessor
 
+FAMILIES = ("upt", "fno")
 ENCODERS = ("perceiver", "patch")
 PROCESSORS = ("u_shaped", "pdet_stack")
 ATTENTIONS = ("standard", "channel_separated")
 CHECKPOINT_VERSION = 1
 
 
-def build_operator(cfg: ModelConfig) -> LatentOperator:
-    """A freshly initialised LatentOperator (weights from the global torch seed)."""
+def build_operator(cfg: ModelConfig) -> LatentOperator | FNOOperator:
+    """A freshly initialised operator of `cfg.family`: a LatentOperator or an FNOOperator (global torch seed)."""
+    if cfg.family == "fno":
+        fno = FNOOperator(cfg.fno_modes, cfg.fno_width, cfg.fno_layers, cfg.fourier_features)
+        fno.config = cfg
+        return fno
+    if cfg.family != "upt":
+        raise ValueError(f"unknown family {cfg.family!r} (known: {', '.join(FAMILIES)})")
     d = cfg.latent_dim
     if cfg.attention == "standard":
-        attention = functools.partial(StandardAttention, d, cfg.heads)
+        attention = functools.partial(StandardAttention, d, cfg.heads, cfg.attention_locality)
     elif cfg.attention == "channel_separated":
-        attention = functools.partial(ChannelSeparatedAttention, d, cfg.group_size)
+        attention = functools.partial(ChannelSeparatedAttention, d, cfg.group_size, cfg.attention_locality)
     else:
         raise ValueError(f"unknown attention {cfg.attention!r} (known: {', '.join(ATTENTIONS)})")
 
@@ -44,11 +53,11 @@ def build_operator(cfg: ModelConfig) -> LatentOperator:
     if cfg.processor == "pdet_stack":
         processor = PDETStackProcessor(d, cfg.depth, attention, cfg.mlp_ratio, cfg.drop_path)
     elif cfg.processor == "u_shaped":
-        processor = UShapedProcessor(d, list(cfg.stage_depths), attention, cfg.mlp_ratio)
+        processor = UShapedProcessor(d, list(cfg.stage_depths), attention, cfg.mlp_ratio, cfg.drop_path)
     else:
         raise ValueError(f"unknown processor {cfg.processor!r} (known: {', '.join(PROCESSORS)})")
 
-    decoder = CrossAttentionDecoder(d, cfg.heads, cfg.fourier_features, cfg.mlp_ratio)
+    decoder = CrossAttentionDecoder(d, cfg.heads, cfg.fourier_features, cfg.mlp_ratio, cfg.decoder_point_features)
     model = LatentOperator(encoder, processor, decoder)
     model.config = cfg
     return model
@@ -61,24 +70,63 @@ def build_corrector(cfg: DiffusionStageConfig) -> DiffusionCorrector:
     return model
 
 
-def count_params(module: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+def count_params(module: nn.Module, trainable_only: bool = True) -> int:
+    """Number of real parameters (only those with requires_grad unless `trainable_only` is False).
+
+    A complex weight (the FNO's spectral layers) counts as two real numbers per element.
+    """
+    params = (p for p in module.parameters() if p.requires_grad or not trainable_only)
+    return sum(p.numel() * (2 if p.is_complex() else 1) for p in params)
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-# FlopCounterMode has no formula for the CPU flash-attention kernel; it is the same two matmuls.
-_EXTRA_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+def _fft_count(shape, dim, per_point: float) -> int:
+    """per_point * N log2 N for each signal of N = prod(shape[dim]) points in a tensor of `shape`."""
+    n = math.prod(shape[d] for d in dim)
+    return int(per_point * math.prod(shape) * math.log2(max(n, 2)))
+
+
+def _fft_r2c_flops(input_shape, dim, *args, out_shape=None, **kwargs) -> int:
+    return _fft_count(input_shape, dim, 2.5)  # a real FFT: half a complex one
+
+
+def _fft_c2r_flops(input_shape, dim, *args, out_shape=None, **kwargs) -> int:
+    return _fft_count(out_shape, dim, 2.5)  # the real output's length is the signal's
+
+
+def _fft_c2c_flops(input_shape, dim, *args, out_shape=None, **kwargs) -> int:
+    return _fft_count(input_shape, dim, 5.0)  # radix-2 Cooley-Tukey: 5 N log2 N
+
+
+def _bmm_flops(a, b, *args, out_val=None, **kwargs) -> int:
+    """2 b m n k for real operands; a complex multiply-add is 4 real multiplies and 4 adds, so 4x that."""
+    batch, m, k = a.shape
+    flops = 2 * batch * m * k * b.shape[-1]
+    return 4 * flops if a.is_complex() or b.is_complex() else flops
+
+
+_bmm_flops._get_raw = True  # FlopCounterMode passes this formula the tensors (for their dtype), not their shapes
+
+# FlopCounterMode has no formula for the CPU flash-attention kernel (it is the same two matmuls) nor for FFTs,
+# and counts a complex matmul (the FNO's spectral mixing) like a real one.
+_EXTRA_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+    torch.ops.aten._fft_r2c: _fft_r2c_flops,
+    torch.ops.aten._fft_c2r: _fft_c2r_flops,
+    torch.ops.aten._fft_c2c: _fft_c2c_flops,
+    torch.ops.aten.bmm: _bmm_flops,
+}
 
 
 def flops_per_sample(model: nn.Module, nx: int) -> int:
     """Forward FLOPs for one sample on an nx-point grid (a corrector: one full `sample`, K + 1 denoiser calls).
 
-    Runs with autograd on (never backward): FlopCounterMode's module tracker trips over parameters viewed under
-    no_grad.
+    FlopCounterMode's counts plus `_EXTRA_FLOPS`: FFTs are estimated at 5 N log2 N per complex transform of N
+    points (2.5 N log2 N for a real one), and complex matmuls count 4x their real size. Runs with autograd on
+    (never backward): FlopCounterMode's module tracker trips over parameters viewed under no_grad.
     """
     model = unwrap(model)
     p = next(model.parameters())
@@ -111,12 +159,13 @@ def unwrap(model: nn.Module) -> nn.Module:
 def model_state(model: nn.Module) -> dict[str, Any]:
     """Checkpoint payload {version, kind, config, state_dict}: plain types and CPU tensors only (wrappers removed)."""
     model = unwrap(model)
-    if isinstance(model, LatentOperator):
+    if isinstance(model, (LatentOperator, FNOOperator)):
         kind = "operator"
     elif isinstance(model, DiffusionCorrector):
         kind = "corrector"
     else:
-        raise TypeError(f"cannot checkpoint a {type(model).__name__}: expected LatentOperator or DiffusionCorrector")
+        expected = "LatentOperator, FNOOperator or DiffusionCorrector"
+        raise TypeError(f"cannot checkpoint a {type(model).__name__}: expected {expected}")
     if model.config is None:
         raise ValueError(f"this {kind} was not made by build_{kind}: it has no config to rebuild it from")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -20,9 +20,13 @@ def arm_rows(arms: dict[str, RunConfig], nx: dict[str, int]) -> list[dict[str, o
         torch.manual_seed(cfg.seed)
         op = build_operator(cfg.model)
         corrector = build_corrector(cfg.diffusion) if cfg.diffusion.enabled else None
+        m = cfg.model
+        upt = m.family == "upt"  # the latent operator's columns; an FNO names its own sizes under family
+        family = "upt" if upt else f"fno: width {m.fno_width}, modes {m.fno_modes}, layers {m.fno_layers}"
         rows.append({
-            "arm": name, "processor": cfg.model.processor, "attention": cfg.model.attention,
-            "tokens": cfg.model.tokens, "latent_dim": cfg.model.latent_dim,
+            "arm": name, "family": family, "processor": m.processor if upt else "-",
+            "attention": m.attention if upt else "-", "tokens": m.tokens if upt else "-",
+            "latent_dim": m.latent_dim if upt else "-",
             "params": count_params(op) + (count_params(corrector) if corrector else 0),
             "operator_params": count_params(op),
             "gflops_per_sample": flops_per_sample(op, nx[name]) / 1e9,
