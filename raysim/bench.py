@@ -5,6 +5,7 @@ These machines are noisy: comparisons alternate their two sides (A B A B ...) an
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import resource
@@ -62,7 +63,7 @@ def _train_step_rate(cfg: RunConfig, steps: int, device: torch.device) -> dict[s
     x = torch.linspace(-1, 1, nx + 1, device=device)[:-1] + 1.0 / nx
     batch = {"u": torch.randn(b, nx, device=device), "target": torch.randn(b, 1, nx, device=device),
              "nu": torch.full((b,), 0.01, device=device), "dt": torch.full((b,), 0.05, device=device)}
-    loss_fn = operator_loss(x, 1)
+    loss_fn = operator_loss(x, dataclasses.replace(cfg.operator, unroll_steps=1))  # one step: the step rate
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []

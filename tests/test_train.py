@@ -13,7 +13,7 @@ from raysim.train.context import LocalStageContext
 from raysim.train.stages import load_stage_model, run_diffusion_stage, run_operator_stage
 
 TINY = {
-    "data": {"generate": {"samples": 10, "nx": 256, "nt": 21, "t_end": 1.0}, "x_stride": 4, "t_stride": 2},
+    "data": {"generate": {"samples": 20, "nx": 256, "nt": 21, "t_end": 1.0}, "x_stride": 4, "t_stride": 2},
     "model": {"tokens": 16, "latent_dim": 16, "heads": 2, "group_size": 8, "depth": 1, "fourier_features": 4},
     "operator": {"epochs": 2, "batch_size": 8, "max_steps_per_epoch": 3, "final_loss_threshold": 1.0},
     "diffusion": {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 2, "hidden": 8, "layers": 1},
@@ -89,8 +89,8 @@ def test_nan_guard_skips_then_fails(tiny, tmp_path, monkeypatch):
 
     real = stages.operator_loss
 
-    def poisoned(x, unroll):
-        inner = real(x, unroll)
+    def poisoned(*args):
+        inner = real(*args)
         calls = {"n": 0}
 
         def loss_fn(model, batch):
@@ -123,6 +123,44 @@ def test_diffusion_stage_trains_on_the_frozen_operator(tiny, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)  # the operator stayed frozen
     corrector = load_stage_model(diff.checkpoint_dir)
     assert float(corrector.r_std) > 0
+    record = diff.metrics[-1]
+    levels = cfg.diffusion.noise_steps + 1
+    for k in range(levels):  # the loss per noise level on both splits, beside predicting nothing
+        for key in ("train_loss_level", "val_loss_level", "reference_loss_level", "train_reference_loss_level"):
+            assert f"{key}{k}" in record, f"{key}{k}"
+    assert f"val_loss_level{levels}" not in record
+    assert record["val_nrmse_one_step_operator"] > 0 and record["val_nrmse_one_step_corrected"] > 0
+    assert load_checkpoint(diff.checkpoint_dir)["loop"]["history"][-1]["val_loss_level0"] == record["val_loss_level0"]
+
+
+def test_corrector_residuals_come_from_states_the_operator_did_not_train_on(tiny, tmp_path):
+    from raysim.train.common import prepare_data
+    from raysim.train.corrector_data import build_residual_pairs, load_split
+    from raysim.train.stages import residual_std
+
+    cfg = tiny()
+    op = LocalStageContext(tmp_path / "op")
+    run_operator_stage(cfg, op)
+    operator, data = load_stage_model(op.checkpoint_dir), prepare_data(cfg)
+    rolled = build_residual_pairs(operator, cfg, data, "train", "rollout", torch.device("cpu"))
+    forced = build_residual_pairs(operator, cfg, data, "train", "teacher_forced", torch.device("cpu"))
+    assert torch.equal(rolled.inputs[:, 1:], rolled.preds[:, :-1])  # each input is the operator's previous output
+    assert torch.equal(forced.inputs, forced.truth[:, :-1])
+    assert residual_std(rolled) > residual_std(forced)  # out of sample, along a rollout, the errors are larger
+    # held_out (the default): true states of validation trajectories, one half to train and one to validate
+    held_train = build_residual_pairs(operator, cfg, data, "train", "held_out", torch.device("cpu"))
+    held_val = build_residual_pairs(operator, cfg, data, "val", "held_out", torch.device("cpu"))
+    val_trajectories, _ = load_split(cfg, data, "val", None)
+    half = len(val_trajectories) // 2
+    assert torch.equal(held_train.truth, val_trajectories[:half])
+    assert torch.equal(held_val.truth, val_trajectories[half:])
+    assert torch.equal(held_train.inputs, held_train.truth[:, :-1])
+    train_trajectories, _ = load_split(cfg, data, "train", None)
+    assert not any(torch.equal(t, v) for t in train_trajectories for v in val_trajectories)
+    diff = LocalStageContext(tmp_path / "diff")
+    run_diffusion_stage(cfg, op.checkpoint_dir, diff)
+    assert cfg.diffusion.residuals == "held_out"
+    assert float(load_stage_model(diff.checkpoint_dir).r_std) == pytest.approx(residual_std(held_train), rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- the whole trial in one worker
@@ -162,8 +200,8 @@ def test_out_of_memory_halves_the_micro_batch_and_continues(tiny, tmp_path, monk
 
     real, ctx = stages.operator_loss, LocalStageContext(tmp_path / "oom")
 
-    def greedy(x, unroll):  # a device that holds 4 samples once the first epoch is over
-        inner = real(x, unroll)
+    def greedy(*args):  # a device that holds 4 samples once the first epoch is over
+        inner = real(*args)
 
         def loss_fn(model, batch):
             if model.training and ctx.metrics and len(batch["u"]) > 4:
@@ -188,7 +226,7 @@ def test_a_diverged_trial_is_checkpointed_as_failed_and_not_trained_again(tiny, 
     from raysim.train.pipeline import run_trial_pipeline
 
     real = stages.operator_loss
-    monkeypatch.setattr(stages, "operator_loss", lambda x, unroll: lambda model, batch: real(x, unroll)(
+    monkeypatch.setattr(stages, "operator_loss", lambda *args: lambda model, batch: real(*args)(
         model, batch) * float("nan"))
     ctx = LocalStageContext(tmp_path / "diverged")
     progress = run_trial_pipeline(tiny(operator={"max_nonfinite_steps": 1}), ctx)

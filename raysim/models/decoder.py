@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from raysim.models.layers import MLP, CrossAttention, fourier_features, locality_bias, periodic_length
+from raysim.models.layers import (
+    MLP,
+    POINT_CHANNELS,
+    CrossAttention,
+    fourier_features,
+    locality_bias,
+    periodic_length,
+    stencil,
+)
 
 
 class CrossAttentionDecoder(nn.Module):
@@ -16,13 +24,17 @@ class CrossAttentionDecoder(nn.Module):
     domain length; when omitted it is inferred from x_query, which must then be
     a uniform grid (for scattered queries pass the input grid's length).
     `centres` (N,), the token cells' centres from the encoder's grid, adds a
-    locality bias so that a query starts by reading the tokens near it.
+    locality bias so that a query starts by reading the tokens near it. With `point_features`, a query at
+    an input grid point also sees the normalised input's stencil there, `u_points` (B, Q) (the encoder's
+    neighbourhood features), so the local part of the update does not have to pass through the tokens;
+    queries off the input grid (no `u_points`) read the tokens alone.
     """
 
-    def __init__(self, dim: int, heads: int, fourier_features: int, mlp_ratio: float):
+    def __init__(self, dim: int, heads: int, fourier_features: int, mlp_ratio: float, point_features: bool = False):
         super().__init__()
-        self.dim, self.frequencies = dim, fourier_features
+        self.dim, self.frequencies, self.point_features = dim, fourier_features, point_features
         self.query_embed = MLP(2 * fourier_features, dim, dim)
+        self.point_embed = MLP(POINT_CHANNELS, dim, dim) if point_features else None
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)
         self.cross = CrossAttention(dim, heads)
@@ -34,7 +46,12 @@ class CrossAttentionDecoder(nn.Module):
             self.head.weight.mul_(0.1)
 
     def forward(
-        self, latent: Tensor, x_query: Tensor, length: float | None = None, centres: Tensor | None = None
+        self,
+        latent: Tensor,
+        x_query: Tensor,
+        length: float | None = None,
+        centres: Tensor | None = None,
+        u_points: Tensor | None = None,
     ) -> Tensor:
         assert latent.ndim == 3 and latent.shape[2] == self.dim, (
             f"decoder latent must be (B, N, {self.dim}), got {tuple(latent.shape)}"
@@ -47,6 +64,9 @@ class CrossAttentionDecoder(nn.Module):
             length = periodic_length(x_query if x_query.ndim == 1 else x_query[0])
         q = self.query_embed(fourier_features(x_query, length, self.frequencies).to(latent.dtype))  # (Q | B Q, D)
         q = q.expand(B, -1, -1) if q.ndim == 2 else q  # (B, Q, D)
+        if self.point_embed is not None and u_points is not None:  # off the input grid: the tokens alone
+            assert u_points.shape == q.shape[:2], f"u_points must be {tuple(q.shape[:2])}, got {tuple(u_points.shape)}"
+            q = q + self.point_embed(stencil(u_points).to(q.dtype))  # (B, Q, D)
         bias = None
         if centres is not None and x_query.ndim == 1:  # queries attend first to the tokens of nearby cells
             bias = locality_bias(x_query, centres, length, length / latent.shape[1])  # (Q, N)

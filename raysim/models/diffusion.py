@@ -32,6 +32,16 @@ def noise_schedule(steps: int, sigma_min: float) -> Tensor:
     return (sigma_min ** (k / steps)).float()  # (K + 1,)
 
 
+def predict_nothing_loss(sigmas: Tensor, residual_mean_square: float) -> Tensor:
+    """Per level, the loss of v_hat = 0: E[(alpha eps - sigma r)^2] = alpha^2 + sigma^2 E[r^2], shape (K + 1,).
+
+    r is the residual in the corrector's units (divided by r_std), eps ~ N(0, 1) independent of r, so the
+    cross term vanishes; E[r^2] is 1 on the data r_std was measured on.
+    """
+    sigmas = sigmas.double()
+    return (1 - sigmas**2).clamp_min(0) + sigmas**2 * float(residual_mean_square)
+
+
 # --------------------------------------------------------------------------- denoiser
 
 
@@ -131,16 +141,36 @@ class DiffusionCorrector(nn.Module):
         return self.denoiser(channels, log_scalars(sigma, nu, dt))
 
     def loss(
-        self, u_t: Tensor, pred: Tensor, target: Tensor, nu: Tensor, dt: Tensor, sigmas: Tensor | None = None
+        self,
+        u_t: Tensor,
+        pred: Tensor,
+        target: Tensor,
+        nu: Tensor,
+        dt: Tensor,
+        sigmas: Tensor | None = None,
+        level: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Training target: MSE of v_hat at a uniformly drawn level k per sample (pred is detached)."""
+        """Training target: MSE of v_hat at a uniformly drawn level k per sample, or at `level` for every sample.
+
+        pred is detached. Levels and noise come from `generator` when given (on its device), else from the
+        global RNG.
+        """
         sigmas = self.sigmas if sigmas is None else sigmas
         pred = pred.detach()
         r = (target - pred) / self.r_std  # (B, X)
-        k = torch.randint(0, sigmas.shape[0], (r.shape[0],), device=r.device)  # (B,)
-        sigma = sigmas.to(r.device)[k]  # (B,)
+        if level is not None:
+            k = torch.full((r.shape[0],), int(level), device=r.device, dtype=torch.long)  # (B,)
+        elif generator is not None:
+            k = torch.randint(0, sigmas.shape[0], (r.shape[0],), generator=generator, device=generator.device)
+        else:
+            k = torch.randint(0, sigmas.shape[0], (r.shape[0],), device=r.device)  # (B,)
+        sigma = sigmas.to(r.device)[k.to(r.device)]  # (B,)
         s, a = sigma[:, None], (1 - sigma[:, None] ** 2).clamp_min(0).sqrt()  # (B, 1)
-        eps = torch.randn_like(r)
+        if generator is not None:
+            eps = torch.randn(r.shape, generator=generator, device=generator.device).to(r.device, r.dtype)
+        else:
+            eps = torch.randn_like(r)
         v_hat = self.denoise(a * r + s * eps, u_t, pred, sigma, nu, dt)
         return F.mse_loss(v_hat.float(), (a * eps - s * r).float())
 

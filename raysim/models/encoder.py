@@ -13,10 +13,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from raysim.models.layers import MLP, CrossAttention, fourier_features, locality_bias, token_centres
-
-STENCIL = 2  # neighbours on each side that a point's embedding sees
-POINT_CHANNELS = 2 * STENCIL + 1
+from raysim.models.layers import (
+    MLP,
+    POINT_CHANNELS,
+    CrossAttention,
+    fourier_features,
+    locality_bias,
+    stencil,
+    token_centres,
+)
 
 
 def point_features(u: Tensor, x: Tensor, length: float, frequencies: int) -> Tensor:
@@ -28,8 +33,7 @@ def point_features(u: Tensor, x: Tensor, length: float, frequencies: int) -> Ten
     B, X = u.shape
     assert x.shape == (X,), f"x must be ({X},) to match u {tuple(u.shape)}, got {tuple(x.shape)}"
     fx = fourier_features(x, length, frequencies).to(u.dtype)  # (X, 2F)
-    stencil = torch.stack([u.roll(s, dims=-1) for s in range(-STENCIL, STENCIL + 1)], dim=-1)  # (B, X, 5)
-    return torch.cat([stencil, fx.expand(B, X, -1)], dim=-1)  # (B, X, 5 + 2F)
+    return torch.cat([stencil(u), fx.expand(B, X, -1)], dim=-1)  # (B, X, 5 + 2F)
 
 
 class PerceiverEncoder(nn.Module):

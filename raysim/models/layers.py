@@ -35,6 +35,15 @@ def fourier_features(x: Tensor, length: float, frequencies: int) -> Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)  # (..., 2F)
 
 
+STENCIL = 2  # neighbours on each side that a point's embedding sees
+POINT_CHANNELS = 2 * STENCIL + 1
+
+
+def stencil(u: Tensor) -> Tensor:
+    """u and its periodic neighbours on a regular grid: (B, X) -> (B, X, 2 * STENCIL + 1)."""
+    return torch.stack([u.roll(s, dims=-1) for s in range(-STENCIL, STENCIL + 1)], dim=-1)
+
+
 def locality_bias(queries: Tensor, keys: Tensor, length: float, width: float) -> Tensor:
     """Additive attention logits -d^2 / (2 width^2) from the periodic distance d: (Q,), (N,) -> (Q, N).
 
@@ -88,21 +97,47 @@ class MLP(nn.Module):
 # --------------------------------------------------------------------------- attention
 
 
-class StandardAttention(nn.Module):
-    """Multi-head self-attention over tokens (SDPA), dense q/k/v: (B, N, D) -> (B, N, D)."""
+class PeriodicDistanceBias(nn.Module):
+    """Learned attention logits -m_h * d(i, j) from the periodic token distance d (in tokens): N -> (H, N, N).
 
-    def __init__(self, dim: int, heads: int):
+    The processor's counterpart of the encoder's and decoder's locality bias: Burgers is local, so each head
+    starts with a preference for nearby tokens whose strength m_h > 0 it learns (initialised geometrically
+    from 1/4 to 1/256 per token, so some heads start local and others almost global). The distance wraps
+    around the periodic domain, so the bias is the same for every token and its mirror image.
+    """
+
+    def __init__(self, heads: int):
+        super().__init__()
+        strength = 2.0 ** (-2.0 - 6.0 * torch.arange(heads) / max(1, heads - 1))  # (H,) 1/4 .. 1/256
+        self.raw_strength = nn.Parameter(torch.log(torch.expm1(strength)))  # softplus(raw) = strength
+
+    def forward(self, tokens: int, device: torch.device | None = None) -> Tensor:
+        i = torch.arange(tokens, device=device)
+        d = (i[:, None] - i[None, :]).abs()  # (N, N)
+        d = torch.minimum(d, tokens - d).float()  # periodic distance in tokens
+        return -F.softplus(self.raw_strength)[:, None, None] * d  # (H, N, N)
+
+
+class StandardAttention(nn.Module):
+    """Multi-head self-attention over tokens (SDPA), dense q/k/v: (B, N, D) -> (B, N, D).
+
+    With `locality`, a `PeriodicDistanceBias` is added to every head's logits.
+    """
+
+    def __init__(self, dim: int, heads: int, locality: bool = False):
         super().__init__()
         assert dim % heads == 0, f"latent_dim {dim} is not divisible by heads {heads}"
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        self.bias = PeriodicDistanceBias(heads) if locality else None
 
     def forward(self, z: Tensor) -> Tensor:
         B, N, D = z.shape
         qkv = self.qkv(z).view(B, N, 3, self.heads, D // self.heads)  # (B, N, 3, H, D/H)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, N, D/H)
-        y = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, D/H)
+        mask = None if self.bias is None else self.bias(N, z.device).to(q.dtype)  # (H, N, N)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, D/H)
         return self.proj(y.transpose(1, 2).reshape(B, N, D))  # (B, N, D)
 
 
@@ -113,10 +148,10 @@ class ChannelSeparatedAttention(nn.Module):
     q/k/v from its own channels only (a block-diagonal projection, so it costs
     3 * D * group_size weights instead of 3 * D^2) and its own attention map; the
     output projection then mixes the groups. With group_size == D this is exactly
-    single-head attention.
+    single-head attention. With `locality`, each group's logits get a `PeriodicDistanceBias`.
     """
 
-    def __init__(self, dim: int, group_size: int):
+    def __init__(self, dim: int, group_size: int, locality: bool = False):
         super().__init__()
         assert dim % group_size == 0, f"channel groups of {group_size} do not divide latent_dim {dim}"
         self.groups, self.group_size = dim // group_size, group_size
@@ -124,13 +159,15 @@ class ChannelSeparatedAttention(nn.Module):
         self.qkv_weight = nn.Parameter(torch.empty(self.groups, group_size, 3 * group_size).uniform_(-bound, bound))
         self.qkv_bias = nn.Parameter(torch.zeros(self.groups, 3 * group_size))
         self.proj = nn.Linear(dim, dim)
+        self.bias = PeriodicDistanceBias(self.groups) if locality else None
 
     def forward(self, z: Tensor) -> Tensor:
         B, N, D = z.shape
         zg = z.view(B, N, self.groups, self.group_size)  # (B, N, G, C)
         qkv = torch.einsum("bngc,gce->bnge", zg, self.qkv_weight) + self.qkv_bias  # (B, N, G, 3C)
         q, k, v = qkv.view(B, N, self.groups, 3, self.group_size).permute(3, 0, 2, 1, 4)  # each (B, G, N, C)
-        y = F.scaled_dot_product_attention(q, k, v)  # (B, G, N, C)
+        mask = None if self.bias is None else self.bias(N, z.device).to(q.dtype)  # (G, N, N)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, G, N, C)
         return self.proj(y.transpose(1, 2).reshape(B, N, D))  # (B, N, D)
 
 

@@ -43,5 +43,5 @@ class LatentOperator(nn.Module):
         z = self.encoder(u_n, x, length)  # (B, N, D)
         z = self.processor(z, nu, dt)  # (B, N, D)
         centres = token_centres(x, z.shape[1], length)  # (N,) token cells, for the decoder's locality bias
-        delta = self.decoder(z, x, length, centres)  # (B, X)
+        delta = self.decoder(z, x, length, centres, u_n)  # (B, X)
         return u + self.delta_std * delta

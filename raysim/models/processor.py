@@ -75,24 +75,36 @@ class UShapedProcessor(nn.Module):
     `stage_depths` = [d_0, ..., d_{n-1}]: stage i < n-1 has d_i blocks on the way
     down and d_i on the way up; the bottleneck has d_{n-1}. The width stays D at
     every level so arms differ in token count and attention only. Skips are
-    concatenated and projected back to D.
+    concatenated and projected back to D; the projection starts as "take the skip", so, with every block
+    starting at the identity (AdaLN-Zero), the whole processor starts as the identity like `PDETStackProcessor`.
+    Drop-path rises linearly from 0 to `drop_path` in the order the blocks run (down, bottleneck, up).
     """
 
-    def __init__(self, dim: int, stage_depths: list[int], attention: AttentionFactory, mlp_ratio: float):
+    def __init__(
+        self, dim: int, stage_depths: list[int], attention: AttentionFactory, mlp_ratio: float, drop_path: float = 0.0
+    ):
         super().__init__()
         assert stage_depths and all(d >= 1 for d in stage_depths), f"bad stage_depths {stage_depths}"
         self.dim, self.halvings = dim, len(stage_depths) - 1
         self.condition = ScalarEmbedding(2, dim)
+        total = 2 * sum(stage_depths[:-1]) + stage_depths[-1]
+        rates = iter(torch.linspace(0, drop_path, total).tolist() if total > 1 else [0.0])
 
         def stage(depth: int) -> nn.ModuleList:
-            return nn.ModuleList(Block(dim, attention(), mlp_ratio) for _ in range(depth))
+            return nn.ModuleList(Block(dim, attention(), mlp_ratio, next(rates)) for _ in range(depth))
 
         self.down_stages = nn.ModuleList(stage(d) for d in stage_depths[:-1])
         self.merges = nn.ModuleList(TokenMerge(dim) for _ in stage_depths[:-1])
         self.bottleneck = stage(stage_depths[-1])
         self.splits = nn.ModuleList(TokenSplit(dim) for _ in stage_depths[:-1])
         self.skips = nn.ModuleList(nn.Linear(2 * dim, dim) for _ in stage_depths[:-1])
-        self.up_stages = nn.ModuleList(stage(d) for d in stage_depths[:-1])
+        up = [stage(d) for d in reversed(stage_depths[:-1])]  # built deepest first: the order they run in
+        self.up_stages = nn.ModuleList(reversed(up))
+        with torch.no_grad():
+            for skip in self.skips:  # [z_up, skip] -> skip: no up-sampled path at the start
+                skip.weight.zero_()
+                skip.weight[:, dim:].copy_(torch.eye(dim))
+                skip.bias.zero_()
 
     def forward(self, z: Tensor, nu: Tensor, dt: Tensor) -> Tensor:
         _check_inputs(z, nu, dt, self.dim)

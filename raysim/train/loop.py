@@ -47,13 +47,18 @@ def fit(
     ctx: Any,
     device: torch.device,
     seed: int = 0,
+    epoch_metrics: Callable[[nn.Module], dict[str, float]] | None = None,
 ) -> LoopState:
-    """Train `model` for `stage.epochs` epochs, reporting each epoch with a resumable checkpoint."""
+    """Train `model` for `stage.epochs` epochs, reporting each epoch with a resumable checkpoint.
+
+    `epoch_metrics(ema_model)`, if given, runs after each validation; its dict joins the epoch's record.
+    """
     steps_per_epoch, opt_steps_per_epoch = epoch_steps(train_loader, stage)
     model.to(device)
     optimizer, scheduler = make_optimizer(model, stage, stage.epochs * opt_steps_per_epoch)
-    ema = EMA(model, stage.ema_decay)
+    ema = EMA(model, stage.ema_decay, stage.ema_warmup)
     state = LoopState()
+    total_opt_steps = stage.epochs * opt_steps_per_epoch
 
     resume = ctx.resume_dir()
     if resume is not None:
@@ -63,6 +68,7 @@ def fit(
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = LoopState(**saved["loop"])
+        ema.updates = state.ema_updates
         set_rng_state(saved["rng"])
     ema.model.to(device)
     model = ctx.prepare_model(model)
@@ -83,6 +89,8 @@ def fit(
             if i >= steps_per_epoch:
                 break
             batch = _to(batch, device)
+            if hasattr(loss_fn, "set_progress"):  # e.g. the operator loss's unroll curriculum
+                loss_fn.set_progress(state.optimizer_steps / max(1, total_opt_steps))
             with autocast(stage, device):
                 loss = loss_fn(model, batch)
             (loss / stage.grad_accum_steps).backward()
@@ -96,12 +104,15 @@ def fit(
                     ema.update(unwrap(model))
                     grad_norm_sum += grad_norm.detach()
                     opt_steps += 1
+                state.optimizer_steps += 1
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
         train_seconds = time.perf_counter() - start
         val_loss = evaluate_loss(ema.model, loss_fn, val_loader, stage, device)
+        extra = epoch_metrics(ema.model) if epoch_metrics is not None else {}
         state.epoch += 1
         state.nonfinite_steps = guard.count
+        state.ema_updates = ema.updates
         if val_loss < state.best_val:
             state.best_val, state.bad_epochs = val_loss, 0
         else:
@@ -116,6 +127,7 @@ def fit(
             "nonfinite_steps": guard.count,
             "samples_per_second": samples / max(train_seconds, 1e-9),
             "epoch_seconds": train_seconds,
+            **extra,
         }
         state.history.append(record)
         early = state.bad_epochs > _patience(stage) and state.epoch < stage.epochs

@@ -7,11 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
-from raysim.config import RunConfig
+from raysim.config import OperatorStageConfig, RunConfig
 from raysim.models.build import build_corrector, build_operator, load_model_state
 from raysim.train.common import StudyData, load_checkpoint, prepare_data, seed_everything, select_device
 from raysim.train.loop import fit
@@ -23,6 +24,8 @@ def _loaders(cfg: RunConfig, data: StudyData, stage, unroll: int, ctx: Any) -> t
     d = cfg.data
     train = PairDataset(data.path, data.splits["train"], d.x_stride, d.t_stride, unroll=unroll)
     val = PairDataset(data.path, data.splits["val"], d.x_stride, d.t_stride, unroll=1)
+    if stage.validation_samples and len(val) > stage.validation_samples:  # evenly spread over trajectories and times
+        val = Subset(val, np.linspace(0, len(val) - 1, stage.validation_samples).round().astype(int).tolist())
     generator = torch.Generator().manual_seed(cfg.seed)
     common = {"num_workers": d.loader_workers, "persistent_workers": d.loader_workers > 0}
     train_loader = DataLoader(train, batch_size=stage.batch_size, shuffle=True, drop_last=len(train) > stage.batch_size,
@@ -31,20 +34,62 @@ def _loaders(cfg: RunConfig, data: StudyData, stage, unroll: int, ctx: Any) -> t
     return ctx.prepare_loader(train_loader), ctx.prepare_loader(val_loader)
 
 
-def operator_loss(x: torch.Tensor, unroll: int):
-    """Physical-space next-step MSE, unrolled autoregressively for `unroll` steps."""
+def relative_mse(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Mean over samples of sum_x (p - y)^2 / sum_x y^2: the square of PDEBench's per-sample, per-time nRMSE."""
+    err = (pred.float() - target.float()).pow(2).mean(dim=-1)  # (B,)
+    return (err / target.float().pow(2).mean(dim=-1).clamp_min(eps)).mean()
 
-    def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+
+class OperatorLoss:
+    """Physical-space next-step loss, trained for rollouts: relative or plain MSE, pushforward unrolling, noise.
+
+    A batch holds u (B, X) and target (B, S, X), the next S frames. The unroll length k of a batch is drawn
+    uniformly from 1..k_max, where k_max grows linearly from 1 to `unroll_steps` over the first
+    `unroll_curriculum` of training (`set_progress`, called by the loop). Pushforward: the first k - 1 steps
+    run without gradient and only the last step is trained, on the state the model itself produced, so the
+    model learns to correct its own errors without backpropagating through the rollout. `input_noise`
+    (a fraction of the data's std) perturbs the state the trained step starts from. In eval mode: one step,
+    no noise (the validation loss is the one-step loss).
+    """
+
+    def __init__(self, x: torch.Tensor, stage: OperatorStageConfig, data_std: float = 1.0):
+        self.x, self.stage, self.data_std = x, stage, data_std
+        self.progress = 0.0
+
+    def set_progress(self, fraction: float) -> None:
+        self.progress = float(fraction)
+
+    def max_unroll(self) -> int:
+        """The longest unroll allowed at the current training progress."""
+        top = self.stage.unroll_steps
+        ramp = self.stage.unroll_curriculum
+        if top <= 1 or ramp <= 0:
+            return top
+        return 1 + min(top - 1, int(self.progress / ramp * top))
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         u, target = batch["u"], batch["target"]  # (B, X), (B, S, X)
-        grid = x.to(u.device)
-        loss = torch.zeros((), device=u.device)
-        steps = min(unroll, target.shape[1])
-        for k in range(steps):
-            u = model(u, grid, batch["nu"].float(), batch["dt"].float())
-            loss = loss + torch.mean((u.float() - target[:, k]) ** 2)
-        return loss / steps
+        grid = self.x.to(u.device)
+        nu, dt = batch["nu"].float(), batch["dt"].float()
+        k = 1
+        if model.training:
+            top = min(self.max_unroll(), target.shape[1])
+            k = int(torch.randint(1, top + 1, ())) if top > 1 else 1
+        if k > 1:
+            with torch.no_grad():  # pushforward: the earlier steps give the input, not the gradient
+                for _ in range(k - 1):
+                    u = model(u, grid, nu, dt).detach()
+        if model.training and self.stage.input_noise > 0:
+            u = u + self.stage.input_noise * self.data_std * torch.randn_like(u)
+        pred = model(u, grid, nu, dt)
+        if self.stage.loss == "relative":
+            return relative_mse(pred, target[:, k - 1])
+        return torch.mean((pred.float() - target[:, k - 1]) ** 2)
 
-    return loss_fn
+
+def operator_loss(x: torch.Tensor, stage: OperatorStageConfig, data_std: float = 1.0) -> OperatorLoss:
+    """The operator stage's loss (see `OperatorLoss`)."""
+    return OperatorLoss(x, stage, data_std)
 
 
 def run_operator_stage(cfg: RunConfig, ctx: Any) -> None:
@@ -55,7 +100,7 @@ def run_operator_stage(cfg: RunConfig, ctx: Any) -> None:
     model = build_operator(cfg.model)  # seeded by the global seed: every worker builds the same weights
     model.set_normalization(data.mean, data.std, data.step_std)
     train_loader, val_loader = _loaders(cfg, data, cfg.operator, cfg.operator.unroll_steps, ctx)
-    fit(stage_name="operator", model=model, loss_fn=operator_loss(data.x, cfg.operator.unroll_steps),
+    fit(stage_name="operator", model=model, loss_fn=operator_loss(data.x, cfg.operator, data.std),
         train_loader=train_loader, val_loader=val_loader, stage=cfg.operator, ctx=ctx, device=device, seed=cfg.seed)
 
 
@@ -67,47 +112,56 @@ def load_stage_model(checkpoint_dir: str | Path, device: torch.device | str = "c
     return model
 
 
-def diffusion_loss(operator: nn.Module, x: torch.Tensor):
-    """Corrector training target on the frozen operator's residual."""
+def diffusion_loss():
+    """Corrector training target on precomputed pairs: u, pred = frozen operator(u), target (see corrector_data)."""
 
     def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        u, target = batch["u"], batch["target"][:, 0]  # (B, X), (B, X)
-        nu, dt = batch["nu"].float(), batch["dt"].float()
-        with torch.no_grad():
-            pred = operator(u, x.to(u.device), nu, dt)
-        return model.loss(u, pred.float(), target, nu, dt)
+        u, pred, target = batch["u"], batch["pred"], batch["target"]  # each (B, X)
+        return model.loss(u, pred.float(), target, batch["nu"].float(), batch["dt"].float())
 
     return loss_fn
 
 
-@torch.no_grad()
-def residual_std(operator: nn.Module, loader: DataLoader, x: torch.Tensor, device, batches: int = 8) -> float:
-    """RMS of target - operator(u) over the first training batches (training split only)."""
-    total, count = 0.0, 0
-    for i, batch in enumerate(loader):
-        if i >= batches:
-            break
-        u = batch["u"].to(device)
-        pred = operator(u, x.to(device), batch["nu"].float().to(device), batch["dt"].float().to(device))
-        total += float(((batch["target"][:, 0].to(device) - pred) ** 2).sum())
-        count += pred.numel()
-    return max((total / max(count, 1)) ** 0.5, 1e-8)
+def residual_std(pairs) -> float:
+    """RMS of target - operator(u) over every training pair (the residuals the corrector learns)."""
+    return max(pairs.residual_mean_square() ** 0.5, 1e-8)
 
 
 def run_diffusion_stage(cfg: RunConfig, operator_checkpoint: str | Path, ctx: Any) -> None:
-    """Train the diffusion residual corrector on the frozen operator's checkpoint."""
+    """Train the diffusion residual corrector on the frozen operator's out-of-sample residuals.
+
+    The pairs (`diffusion.residuals`, by default the operator's own rollout of each trajectory) are built
+    once, here, under no_grad; r_std comes from the training pairs; each epoch logs the loss per noise
+    level and the validation one-step nRMSE with and without the corrector (`corrector_metrics`).
+    """
+    from raysim.train.corrector_data import (
+        METRIC_PAIRS,
+        build_residual_pairs,
+        corrector_metrics,
+        teacher_forced_batch,
+    )
+
     seed_everything(cfg.seed + 1, cfg.resources.torch_threads)
     device = select_device(cfg)
     data = prepare_data(cfg)
     operator = load_stage_model(operator_checkpoint, device)
     model = build_corrector(cfg.diffusion)
     model.set_normalization(data.mean, data.std)
-    train_loader, val_loader = _loaders(cfg, data, cfg.diffusion, 1, ctx)
+    stage = cfg.diffusion
+    train = build_residual_pairs(operator, cfg, data, "train", stage.residuals, device)
+    val = build_residual_pairs(operator, cfg, data, "val", stage.residuals, device)
     if ctx.resume_dir() is None:
-        model.set_residual_scale(residual_std(operator, train_loader, data.x, device))
-    fit(stage_name="diffusion", model=model, loss_fn=diffusion_loss(operator, data.x),
-        train_loader=train_loader, val_loader=val_loader, stage=cfg.diffusion, ctx=ctx, device=device,
-        seed=cfg.seed + 1)
+        model.set_residual_scale(residual_std(train))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(train, batch_size=stage.batch_size, shuffle=True,
+                              drop_last=len(train) > stage.batch_size, generator=generator)
+    val_loader = DataLoader(val, batch_size=stage.batch_size * 2, shuffle=False)
+    metrics = corrector_metrics(train.take(train.spread(METRIC_PAIRS)), val.take(val.spread(METRIC_PAIRS)),
+                                teacher_forced_batch(operator, val, METRIC_PAIRS, data.x, device),
+                                cfg.evaluation.corrector_samples, cfg.seed + 2, device)
+    fit(stage_name="diffusion", model=model, loss_fn=diffusion_loss(), train_loader=ctx.prepare_loader(train_loader),
+        val_loader=ctx.prepare_loader(val_loader), stage=stage, ctx=ctx, device=device, seed=cfg.seed + 1,
+        epoch_metrics=metrics)
 
 
 def checkpoint_loads(location: str) -> bool:

@@ -203,6 +203,7 @@ def _write_study_json(study_dir: str, matrix: MatrixConfig, profile: str) -> Non
     storage.write_json_atomic(storage.join(study_dir, "study.json"), {
         "name": matrix.name, "matrix": to_dict(matrix), "profile": profile,
         "seeds": profile_seeds(matrix, profile), "arms": list(matrix.arms),
+        "baseline_arms": [name for name, arm in matrix.arms.items() if arm.baseline],  # the report marks them
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     })
 
@@ -293,7 +294,9 @@ def _reporter(matrix: MatrixConfig):
 
 def estimate_trial_seconds(cfg: RunConfig, flops_per_sample: float, train_pairs: int) -> float:
     """A rough trial-time estimate from model FLOPs, data size and an assumed device throughput."""
-    per_second = 3e13 if cfg.resources.use_gpu else 4e9  # achieved FLOP/s: A100 bf16 ~30%, one CPU core
+    # achieved FLOP/s: A100 bf16 at ~30 % of peak (assumed); one CPU core as measured by `raysim bench train`
+    # (ushaped-128 at the local profile: ~140 samples/s x 3 x 9.1e7 FLOPs, forward and backward)
+    per_second = 3e13 if cfg.resources.use_gpu else 3.5e10
     op = cfg.operator
     steps = train_pairs if not op.max_steps_per_epoch else min(train_pairs, op.max_steps_per_epoch * op.batch_size)
     compute = 3 * flops_per_sample * steps * (op.epochs * op.unroll_steps + cfg.diffusion.epochs * 0.5)
