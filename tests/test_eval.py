@@ -145,8 +145,10 @@ def test_evaluate_exact_model_beats_persistence() -> None:
     assert m["bc_violation"] < 1e-12
     assert m["nrmse_persistence"] > 0.1
     assert m["nrmse_persistence_rollout"] > m["nrmse_persistence"]  # holding frame 0 drifts further
-    for key in ("nrmse_ttc", "nrmse_ttc_random", "ttc_improvement_pct", "ttc_evaluations"):
+    for key in ("nrmse_ttc", "nrmse_ttc_random", "ttc_improvement_pct", "ttc_vs_random_pct", "ttc_evaluations",
+                "nrmse_rollout_corrector_sample", "nrmse_one_step_corrector_sample"):
         assert math.isnan(m[key])
+    assert m["nrmse_rollout"] == m["nrmse_rollout_operator"]  # no corrector: the baseline is the operator alone
     for key, arr in res.per_trajectory.items():
         assert arr.shape == (5,), key
     for key, arr in res.per_step.items():
@@ -339,7 +341,8 @@ def test_evaluate_ttc_deterministic_and_seed_dependent() -> None:
     assert a.metrics["nrmse_ttc"] != c.metrics["nrmse_ttc"]
     # one TTC draw per (batch, step); the control adds at most as many again
     n_batches, steps = 3, 3
-    assert len({x[0] for x in rec_a.calls}) == n_batches * steps
+    ttc_seeds = {candidate_seed(0, b, s, steps, 3) for b in range(n_batches) for s in range(steps)}
+    assert len(ttc_seeds) == n_batches * steps and ttc_seeds <= {x[0] for x in rec_a.calls}
     assert a.metrics["ttc_evaluations"] == 3 * steps * 5
 
 
@@ -411,3 +414,273 @@ def test_evaluate_float32_with_physics_reward_and_nu_per_trajectory() -> None:
     assert all(math.isfinite(v) for v in res.metrics.values())
     assert res.per_trajectory["nrmse_ttc"].dtype == np.float64
     assert res.to_dict()["per_step"]["nrmse_ttc"] == res.per_step["nrmse_ttc"].tolist()
+
+
+# ----------------------------------------------------------------------------- corrector baselines, fresh noise
+
+
+class SeedLog:
+    """A sampler that records (k, seed) of every call; candidate j is the exact step + (-1)^j * 0.1."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def __call__(self, u: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+        self.calls.append((k, seed))
+        sign = torch.tensor([(-1.0) ** j for j in range(k)], dtype=u.dtype).view(k, 1, 1)
+        return exact_step(u).unsqueeze(0) + 0.1 * sign  # (k, B, X)
+
+
+def test_corrector_mean_draws_fresh_seeds_at_every_step_and_batch() -> None:
+    from raysim.eval.rollout import MEAN_STREAM, ONE_STEP_STREAM, SAMPLE_STREAM
+
+    traj = advection_trajectories(n=5, t=5)
+    log = SeedLog()
+    res = evaluate(traj, predict=lambda u: exact_step(u) + 0.2, sample_candidates=log, dt=0.1, dx=1 / X, nu=0.01,
+                   ttc_candidates=3, corrector_samples=4, batch_size=2, seed=3)
+    steps, batches = 4, 3
+    mean_seeds = [s for k, s in log.calls if k == 4]
+    expected = {candidate_seed(3, b, s, steps, 4, stream) for b in range(batches) for s in range(steps)
+                for stream in (MEAN_STREAM, ONE_STEP_STREAM)}
+    assert set(mean_seeds) == expected and len(mean_seeds) == len(expected)  # one draw per (batch, step), no repeat
+    single = [s for k, s in log.calls if k == 1]
+    assert single == [candidate_seed(3, b, s, steps, 1, SAMPLE_STREAM) for b in range(batches) for s in range(steps)]
+    used = [seed + j for k, seed in log.calls for j in range(k)]
+    ttc_calls = [(k, s) for k, s in log.calls if k == 3]
+    assert len(set(used)) == len(used) - 3 * (len(ttc_calls) - batches * steps)  # only the control reuses TTC's seeds
+    m = res.metrics
+    # the 4 samples' offsets cancel in their mean: the baseline is exact, one sample is off by 0.1 everywhere
+    assert m["nrmse_one_step"] < 1e-12 and m["nrmse_rollout"] < 1e-12
+    assert m["nrmse_one_step_corrector_sample"] > 0.05 and m["nrmse_rollout_corrector_sample"] > 0.05
+    assert m["nrmse_one_step_operator"] > 0.1 and m["nrmse_rollout_operator"] > m["nrmse_one_step_operator"]
+    for key in ("nrmse_rollout_operator", "nrmse_rollout_corrector_sample", "nrmse_one_step_operator"):
+        assert res.per_trajectory[key].shape == (5,)
+    assert res.per_step["nrmse_rollout_corrector_sample"].shape == (steps,)
+
+
+def test_operator_is_evaluated_once_per_state() -> None:
+    traj = advection_trajectories(n=4, t=4)
+    calls = {"n": 0}
+
+    def operator(u: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return exact_step(u)
+
+    evaluate(traj, predict=operator, sample_candidates=None, dt=0.1, dx=1 / X, nu=0.01)
+    assert calls["n"] == 2 * 3  # teacher-forced and rollout, persistence never calls it
+
+
+def test_ttc_metrics_against_the_operator_and_against_chance() -> None:
+    traj = advection_trajectories(n=6, t=5)
+    kwargs = dict(dt=0.1, dx=1 / X, nu=0.01, ttc_candidates=3, batch_size=4)
+
+    def operator(u: torch.Tensor) -> torch.Tensor:
+        return exact_step(u) + 0.1
+
+    def same(u: torch.Tensor, k: int, seed: int) -> torch.Tensor:  # every candidate the same: choice cannot matter
+        return (exact_step(u) + 0.05).unsqueeze(0).repeat(k, 1, 1)
+
+    res = evaluate(traj, predict=operator, sample_candidates=same, **kwargs).metrics
+    candidate = evaluate(traj, predict=lambda u: exact_step(u) + 0.05, sample_candidates=None, **kwargs).metrics
+    alone = res["nrmse_rollout_operator"]
+    assert res["nrmse_ttc"] == pytest.approx(candidate["nrmse_rollout_operator"], rel=1e-12)
+    assert res["ttc_vs_random_pct"] == pytest.approx(0.0, abs=1e-9)
+    assert res["ttc_improvement_pct"] == pytest.approx((alone - res["nrmse_ttc"]) / alone * 100, rel=1e-9)
+    assert res["ttc_improvement_pct"] > 10
+
+    def one_exact(u: torch.Tensor, k: int, seed: int) -> torch.Tensor:  # candidate 1 exact, the others far off
+        cands = exact_step(u).unsqueeze(0).repeat(k, 1, 1) + 1.0
+        cands[min(1, k - 1)] = exact_step(u)
+        return cands
+
+    res = evaluate(traj, predict=operator, sample_candidates=one_exact, reward=oracle_reward, **kwargs)
+    m = res.metrics
+    assert m["nrmse_ttc"] < 1e-12 and m["nrmse_ttc_random"] > 0.5
+    assert m["ttc_vs_random_pct"] == pytest.approx(100.0) and m["ttc_improvement_pct"] == pytest.approx(100.0)
+    random_mean = float(np.mean(res.per_trajectory["nrmse_ttc_random"]))
+    assert m["ttc_vs_random_pct"] == pytest.approx((random_mean - m["nrmse_ttc"]) / random_mean * 100)
+
+
+def test_operator_candidate_is_candidate_zero() -> None:
+    from raysim.eval.rollout import with_operator_candidate
+
+    u = advection_trajectories(n=3, t=2)[:, 0]
+    log = SeedLog()
+    draw = with_operator_candidate(lambda v: exact_step(v) + 7.0, log)
+    cands = draw(u, 3, 100)
+    assert cands.shape == (3, 3, X)
+    torch.testing.assert_close(cands[0], exact_step(u) + 7.0)
+    assert log.calls == [(2, 101)]  # the samples take seeds 101, 102: the block of seed 100 stays unshared
+    assert torch.equal(with_operator_candidate(exact_step, log)(u, 1, 5)[0], exact_step(u))
+
+
+# ----------------------------------------------------------------------------- reward: resolved scales, weight
+
+
+def test_low_pass_keeps_the_resolved_modes_only() -> None:
+    from raysim.eval.ttc import low_pass
+
+    x = grid(64)
+    smooth, rough = torch.sin(2 * math.pi * 3 * x), 0.1 * torch.cos(2 * math.pi * 20 * x)
+    torch.testing.assert_close(low_pass(smooth + rough, 8), smooth)
+    torch.testing.assert_close(low_pass(smooth + rough, 21), smooth + rough)
+    with pytest.raises(ValueError):
+        low_pass(smooth, 0)
+
+
+def test_resolved_modes_keep_unresolved_noise_from_deciding() -> None:
+    u, dx, nu = burgers_setup(nx=128)
+    dt = 1e-3
+    u_next = true_step(u, dt, dx, nu)
+    x = grid(128)
+    rough = u_next + 3e-3 * torch.cos(2 * math.pi * 50 * x)  # the right step plus unresolved noise
+    biased = u_next + 2e-3 * torch.sin(2 * math.pi * 2 * x)  # smooth, but a resolved-scale error
+    cands = torch.stack([rough, biased])  # (2, B, X)
+    assert physics_reward(u, cands, dt, dx, nu).argmax(0).tolist() == [1, 1]  # roughness decides
+    assert physics_reward(u, cands, dt, dx, nu, resolved_modes=16).argmax(0).tolist() == [0, 0]
+
+
+def test_conservation_weight_and_resolved_modes_reach_the_reward(monkeypatch) -> None:
+    import raysim.eval.ttc as ttc
+    from raysim.config import DiffusionStageConfig, RunConfig
+    from raysim.models.build import build_corrector
+    from raysim.train.evaluate import evaluate_models
+
+    seen: list[tuple[float, int | None]] = []
+
+    def recording(u_t, cands, dt, dx, nu, conservation_weight=1.0, method="spectral", resolved_modes=None):
+        seen.append((conservation_weight, resolved_modes))
+        return torch.zeros(cands.shape[:2])
+
+    class Shift(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, u, x, nu, dt):
+            return self.w * torch.roll(u, 1, dims=-1)
+
+    monkeypatch.setattr(ttc, "physics_reward", recording)
+    cfg = RunConfig(name="t")
+    cfg.evaluation.conservation_weight, cfg.evaluation.reward_modes = 2.5, 7
+    cfg.evaluation.ttc_candidates, cfg.evaluation.corrector_samples = 2, 2
+    corrector = build_corrector(DiffusionStageConfig(hidden=8, layers=1)).eval()
+    traj = advection_trajectories(n=2, t=3).float()
+    metrics, per_traj, _ = evaluate_models(cfg, Shift(), corrector, traj, grid().float(), 0.1, 1 / X, 0.01)
+    assert seen and set(seen) == {(2.5, 7)}
+    assert {"nrmse_rollout", "nrmse_rollout_operator", "nrmse_rollout_corrector_sample"} <= set(per_traj)
+    assert math.isfinite(metrics["ttc_vs_random_pct"])
+
+
+def test_evaluate_models_without_a_corrector_reports_the_operator_alone() -> None:
+    from raysim.config import RunConfig
+    from raysim.train.evaluate import evaluate_models
+
+    class Shift(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.full((), 0.9))
+            self.spectral = torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))  # counts as 6 real numbers
+
+        def forward(self, u, x, nu, dt):
+            return self.w * torch.roll(u, 1, dims=-1)
+
+    cfg = RunConfig(name="t")
+    operator = Shift()
+    for p in operator.parameters():
+        p.requires_grad_(False)  # as loaded for evaluation
+    traj = advection_trajectories(n=3, t=4).float()
+    metrics, per_traj, per_step = evaluate_models(cfg, operator, None, traj, grid().float(), 0.1, 1 / X, 0.01)
+    for name in ("nrmse_rollout_operator", "nrmse_one_step_operator"):
+        assert math.isfinite(metrics[name]) and metrics[name] > 0, name
+        assert per_traj[name].shape == (3,) and np.all(np.isfinite(per_traj[name])), name
+    for alone, combined in (("nrmse_rollout_operator", "nrmse_rollout"), ("nrmse_one_step_operator", "nrmse_one_step")):
+        assert metrics[alone] == metrics[combined]
+        np.testing.assert_array_equal(per_traj[alone], per_traj[combined])
+    np.testing.assert_array_equal(per_step["nrmse_rollout_operator"], per_step["nrmse_rollout"])
+    assert per_step["nrmse_rollout_operator"].shape == (3,)
+    for name in ("nrmse_rollout_corrector_sample", "nrmse_ttc", "ttc_vs_random_pct"):
+        assert math.isnan(metrics[name]), name
+    assert metrics["params_operator"] == metrics["params"] == 1 + 2 * 3
+
+
+# ----------------------------------------------------------------------------- the corrector's per-level losses
+
+
+def _pairs(n: int = 3, t: int = 5, nx: int = X, scale: float = 0.05):
+    from raysim.train.corrector_data import ResidualPairs
+
+    truth = advection_trajectories(n=n, t=t, nx=nx).float()
+    g = torch.Generator().manual_seed(0)
+    inputs = truth[:, :-1] + scale * torch.randn(n, t - 1, nx, generator=g)
+    preds = truth[:, 1:] + scale * torch.randn(n, t - 1, nx, generator=g)
+    return ResidualPairs(inputs, preds, truth, nu=0.01, dt=0.1)
+
+
+class Nothing(torch.nn.Module):
+    """A denoiser that predicts v_hat = 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, channels: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
+        return self.w * channels[:, 0]
+
+
+def test_predict_nothing_reference_matches_a_denoiser_that_predicts_nothing() -> None:
+    from raysim.models.diffusion import DiffusionCorrector, noise_schedule, predict_nothing_loss
+    from raysim.train.corrector_data import level_losses
+
+    pairs = _pairs(n=8, t=9, nx=64)
+    model = DiffusionCorrector(Nothing(), noise_schedule(3, 2e-3))
+    model.set_residual_scale(0.08)
+    batch = pairs.take(torch.arange(len(pairs)))
+    mean_square = pairs.residual_mean_square() / 0.08**2
+    losses = level_losses(model, batch, seed=0)
+    reference = predict_nothing_loss(model.sigmas, mean_square)
+    assert losses.shape == reference.shape == (4,)
+    torch.testing.assert_close(losses, reference, rtol=0.03, atol=0.0)  # Monte Carlo over 64 x 64 noise draws
+    assert reference[0] == pytest.approx(mean_square) and reference[-1] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_corrector_epoch_metrics_log_every_level_on_both_splits() -> None:
+    from raysim.config import DiffusionStageConfig
+    from raysim.models.build import build_corrector
+    from raysim.train.corrector_data import corrector_metrics, operator_pairs, teacher_forced_batch
+
+    truth = advection_trajectories(n=3, t=5).float()
+
+    class Shift(torch.nn.Module):
+        def forward(self, u, x, nu, dt):
+            return 0.9 * torch.roll(u, 1, dims=-1)
+
+    rollout_pairs = operator_pairs(Shift(), truth, grid().float(), 0.01, 0.1, "rollout", torch.device("cpu"))
+    assert torch.equal(rollout_pairs.preds[:, :-1], rollout_pairs.inputs[:, 1:])  # the operator's own rollout
+    assert torch.equal(rollout_pairs.inputs[:, 0], truth[:, 0])
+    forced = operator_pairs(Shift(), truth, grid().float(), 0.01, 0.1, "teacher_forced", torch.device("cpu"))
+    assert torch.equal(forced.inputs, truth[:, :-1])
+    assert rollout_pairs.residual_mean_square() > forced.residual_mean_square()  # errors carried along a rollout
+    corrector = build_corrector(DiffusionStageConfig(hidden=8, layers=1, noise_steps=2))
+    corrector.set_residual_scale(rollout_pairs.residual_mean_square() ** 0.5)
+    batch = rollout_pairs.take(rollout_pairs.spread(8))
+    metrics = corrector_metrics(batch, batch, teacher_forced_batch(Shift(), rollout_pairs, 8, grid().float(),
+                                                                   torch.device("cpu")), 2, 0, torch.device("cpu"))
+    first, second = metrics(corrector), metrics(corrector)
+    assert first == second  # the same noise every epoch: epochs are comparable
+    for k in range(3):
+        for key in ("train_loss_level", "val_loss_level", "reference_loss_level", "train_reference_loss_level"):
+            assert math.isfinite(first[f"{key}{k}"]), f"{key}{k}"
+    assert "train_loss_level3" not in first
+    for key in ("operator", "corrector_sample", "corrected"):
+        assert math.isfinite(first[f"val_nrmse_one_step_{key}"])
+
+
+def test_rollout_pairs_end_where_the_rollout_drifts_away() -> None:
+    from raysim.train.corrector_data import rollout_keep
+
+    truth = torch.ones(2, 5, 4)
+    inputs = truth[:, :-1].clone()
+    inputs[0, 2] = 3.0  # nRMSE 2 at step 2 of trajectory 0: it and what follows are dropped
+    inputs[1, 3] = 1.5  # nRMSE 0.5: kept
+    assert rollout_keep(inputs, truth, 1.0).tolist() == [0, 1, 4, 5, 6, 7]

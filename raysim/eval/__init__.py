@@ -9,8 +9,23 @@ from raysim.eval.metrics import (
     nrmse,
     nrmse_per_sample,
 )
-from raysim.eval.rollout import METRIC_KEYS, EvalResult, candidate_seed, evaluate, rollout, ttc_rollout
-from raysim.eval.ttc import burgers_residual, burgers_tendency, physics_reward, select_per_sample, select_random
+from raysim.eval.rollout import (
+    METRIC_KEYS,
+    EvalResult,
+    candidate_seed,
+    evaluate,
+    rollout,
+    ttc_rollout,
+    with_operator_candidate,
+)
+from raysim.eval.ttc import (
+    burgers_residual,
+    burgers_tendency,
+    low_pass,
+    physics_reward,
+    select_per_sample,
+    select_random,
+)
 
 __all__ = [
     "METRIC_KEYS",
@@ -24,6 +39,7 @@ __all__ = [
     "conservation_gap_per_sample",
     "evaluate",
     "frmse_bands",
+    "low_pass",
     "nrmse",
     "nrmse_per_sample",
     "physics_reward",
@@ -31,4 +47,5 @@ __all__ = [
     "select_per_sample",
     "select_random",
     "ttc_rollout",
+    "with_operator_candidate",
 ]

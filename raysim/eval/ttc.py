@@ -2,7 +2,9 @@
 
 Nothing here uses the ground truth: the reward is the discrete residual of the
 Burgers equation u_t + (u^2/2)_x = (nu/pi) u_xx (periodic in x) across the
-step u_t -> candidate, plus the drift of the conserved integral of u.
+step u_t -> candidate, plus the drift of the conserved integral of u. With
+``resolved_modes`` both states are low-passed first, so scales the models do not
+resolve (a corrector sample's leftover noise) do not decide the choice.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from torch import Tensor
 __all__ = [
     "burgers_residual",
     "burgers_tendency",
+    "low_pass",
     "physics_reward",
     "select_per_sample",
     "select_random",
@@ -99,6 +102,15 @@ def burgers_residual(
     return out.to(torch.promote_types(u_next.dtype, torch.float32))
 
 
+def low_pass(u: Tensor, modes: int) -> Tensor:
+    """u (..., X) with only its Fourier modes 0..modes-1 along the periodic x axis kept."""
+    if modes < 1:
+        raise ValueError(f"modes must be >= 1, got {modes}")
+    spectrum = torch.fft.rfft(u, dim=-1)  # (..., X//2+1)
+    spectrum[..., modes:] = 0
+    return torch.fft.irfft(spectrum, n=u.shape[-1], dim=-1)
+
+
 def physics_reward(
     u_t: Tensor,
     candidate: Tensor,
@@ -107,8 +119,15 @@ def physics_reward(
     nu: float | Tensor,
     conservation_weight: float = 1.0,
     method: str = "spectral",
+    resolved_modes: int | None = None,
 ) -> Tensor:
-    """Higher is better: -(burgers_residual + w * |mean_x(cand) - mean_x(u_t)| / rms_x(u_t)), shape (B,) or (K, B)."""
+    """Higher is better: -(burgers_residual + w * |mean_x(cand) - mean_x(u_t)| / rms_x(u_t)), shape (B,) or (K, B).
+
+    With ``resolved_modes``, the residual is that of the low-passed states (`low_pass`); the
+    conservation term (mode 0) is unchanged by it.
+    """
+    if resolved_modes is not None:
+        u_t, candidate = low_pass(_hi(u_t), resolved_modes), low_pass(_hi(candidate), resolved_modes)
     residual = burgers_residual(u_t, candidate, dt, dx, nu, method)  # (..., B)
     a = _hi(u_t)
     b = _hi(candidate)
