@@ -5,7 +5,9 @@ from raysim.analysis.hypotheses import (
     bootstrap_mean_ci,
     evaluate_hypotheses,
     evaluate_hypothesis,
+    log_ratio_t_interval,
     paired_bootstrap_ratio,
+    t_quantile,
     verdict,
 )
 from raysim.analysis.leaderboard import promote
@@ -24,9 +26,11 @@ __all__ = [
     "load_per_trajectory",
     "load_results",
     "load_study",
+    "log_ratio_t_interval",
     "paired_bootstrap_ratio",
     "promote",
     "study_cost",
+    "t_quantile",
     "trial_cost",
     "verdict",
     "write_report",

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from raysim.analysis import storage
+from raysim.analysis.hypotheses import DEFAULT_METRIC
 from raysim.config import METRICS
 from raysim.errors import UserError
 
@@ -116,9 +117,34 @@ def load_study(study_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return study
 
 
+def _matrix_arms(study: Mapping[str, Any]) -> Mapping[str, Any]:
+    """study.json's `matrix.arms`, or {} when it is missing or not a mapping."""
+    matrix = study.get("matrix")
+    arms = matrix.get("arms") if isinstance(matrix, Mapping) else None
+    return arms if isinstance(arms, Mapping) else {}
+
+
 def _arm_order(study: Mapping[str, Any]) -> list[str]:
-    arms = study.get("arms") or list((study.get("matrix") or {}).get("arms") or {})
+    arms = study.get("arms")
+    if not isinstance(arms, list) or not arms:
+        arms = list(_matrix_arms(study))
     return [str(a) for a in arms]
+
+
+def baseline_arms(study: Mapping[str, Any]) -> list[str]:
+    """The study's baseline arms: study.json's `baseline_arms`, else the matrix's arms with `baseline: true`.
+
+    A value of the wrong type (`baseline_arms` not a list of names, a flag not a boolean) counts as no baseline.
+    """
+    if not isinstance(study, Mapping):
+        return []
+    if "baseline_arms" in study:
+        names = study["baseline_arms"]
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            return []
+        return list(dict.fromkeys(names))
+    return [str(name) for name, arm in _matrix_arms(study).items()
+            if isinstance(arm, Mapping) and arm.get("baseline") is True]
 
 
 def load_results(study_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -231,8 +257,8 @@ def stack_arrays(results: list[dict[str, Any]], file: str, metric: str) -> dict[
     return out
 
 
-def load_per_trajectory(study_dir: str | os.PathLike[str], metric: str = "nrmse_rollout") -> dict[str, np.ndarray]:
-    """arm -> (S, N) per-test-trajectory values of `metric` over the arm's finished seeds."""
+def load_per_trajectory(study_dir: str | os.PathLike[str], metric: str = DEFAULT_METRIC) -> dict[str, np.ndarray]:
+    """arm -> (S, N) per-test-trajectory values of `metric` (default: that of `evaluate_hypotheses`), finished seeds."""
     return stack_arrays(load_results(study_dir), PER_TRAJECTORY_FILE, metric)
 
 

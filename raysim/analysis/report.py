@@ -6,7 +6,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,11 @@ from tabulate import tabulate
 
 from raysim.analysis import storage
 from raysim.analysis.cost import study_cost, trial_cost
-from raysim.analysis.hypotheses import bootstrap_mean_ci, evaluate_hypotheses
+from raysim.analysis.hypotheses import DEFAULT_METRIC, bootstrap_mean_ci, evaluate_hypotheses, paired_bootstrap_ratio
 from raysim.analysis.load import (
     PER_STEP_FILE,
     PER_TRAJECTORY_FILE,
+    baseline_arms,
     load_results,
     load_study,
     results_frame,
@@ -32,14 +33,18 @@ from raysim.redact import redact_text
 REPORT_DIR = "report"
 REPORT_FILES = ("ablation_report.md", "architecture_comparison.csv", "architecture_comparison.png", "hypotheses.json")
 ERROR_METRICS = (
+    "nrmse_one_step_operator",
+    "nrmse_rollout_operator",
     "nrmse_one_step",
     "nrmse_rollout",
+    "nrmse_one_step_corrector_sample",
+    "nrmse_rollout_corrector_sample",
     "nrmse_persistence",
     "nrmse_persistence_rollout",
-    "nrmse_ttc",
-    "nrmse_ttc_random",
-    "ttc_improvement_pct",
 )
+TTC_COLUMNS = ("nrmse_ttc", "nrmse_ttc_random", "ttc_vs_random_pct", "ttc_improvement_pct")
+CORRECTOR_COLUMNS = ("val_nrmse_one_step_operator", "val_nrmse_one_step_corrected")
+TTC_GAIN_BAR = 5.0  # TTC counts as a gain when its rollout nRMSE is this many % below chance, interval above 0
 PHYSICS_METRICS = (
     "conservation_gap",
     "conservation_drift",
@@ -53,10 +58,18 @@ PHYSICS_METRICS = (
 ARCH_COLUMNS = ("processor", "tokens", "attention", "latent_dim", "depth", "heads")
 PERSISTENCE_OF = {
     "nrmse_rollout": "nrmse_persistence_rollout",
+    "nrmse_rollout_operator": "nrmse_persistence_rollout",
+    "nrmse_rollout_corrector_sample": "nrmse_persistence_rollout",
     "nrmse_ttc": "nrmse_persistence_rollout",
     "nrmse_ttc_random": "nrmse_persistence_rollout",
     "nrmse_one_step": "nrmse_persistence",
+    "nrmse_one_step_operator": "nrmse_persistence",
+    "nrmse_one_step_corrector_sample": "nrmse_persistence",
 }
+PER_STEP_PERSISTENCE = ("nrmse_persistence_rollout", "nrmse_persistence")  # the first a study's per_step files hold
+BASELINE_METRIC = "nrmse_rollout_operator"  # the `vs baseline` column: this arm's value / the baseline arm's
+BASELINE_BAR = {"color": "0.72", "hatch": "//", "edgecolor": "0.25"}  # a baseline arm in the figure: grey
+BASELINE_CURVE = {"color": "0.35", "linestyle": "-.", "linewidth": 2}
 MARKS = {True: "✅", False: "❌", None: "–"}
 
 
@@ -100,10 +113,42 @@ def _first_line(text: Any, limit: int = 200) -> str:
     return (lines[-1] if lines else "no message")[:limit]
 
 
+def _label(arm: str, baselines: Collection[str] = ()) -> str:
+    """An arm's name in a table: `fno-baseline (baseline)` for a baseline arm."""
+    return f"{arm} (baseline)" if arm in baselines else arm
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """`value` when it is a mapping, else {} (study.json is read as untrusted input)."""
+    return value if isinstance(value, Mapping) else {}
+
+
 def _table(rows: list[list[Any]], headers: list[str]) -> str:
     """A GitHub markdown table; pipes inside cells are escaped."""
     cells = [[str(cell).replace("|", "\\|") for cell in row] for row in rows]
     return tabulate(cells, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _scope_text(h: Mapping[str, Any]) -> str:
+    """`2 seeds × 64 traj`, `3 / 2 seeds × 64 traj` (candidate / reference) or `single seed × 64 traj`."""
+    counts = list((h.get("n_seeds_by_arm") or {}).values()) or [h.get("n_seeds") or 0]
+    if h.get("single_seed"):
+        seeds = "single seed" if set(counts) == {1} else f"single seed ({' / '.join(map(str, counts))} seeds)"
+    else:
+        seeds = f"{counts[0] if len(set(counts)) == 1 else ' / '.join(map(str, counts))} seeds"
+    trajectories = h.get("n_trajectories") or 0
+    return f"{seeds} × {trajectories} traj" if trajectories else f"{seeds}, no per-trajectory data"
+
+
+def _verdict_text(h: Mapping[str, Any], bold: bool = False) -> str:
+    text = f"**{h.get('verdict')}**" if bold else str(h.get("verdict"))
+    return f"{text} (single seed)" if h.get("single_seed") else text
+
+
+def _other_ratio_text(h: Mapping[str, Any]) -> str:
+    if h.get("other_ratio") is None:
+        return "–"
+    return f"{_fmt(h['other_ratio'])} ({h.get('other_metric')})"
 
 
 def hypothesis_table(results: list[dict[str, Any]]) -> str:
@@ -115,25 +160,29 @@ def hypothesis_table(results: list[dict[str, Any]]) -> str:
         rows.append(
             [
                 r.get("id"),
-                r.get("verdict"),
+                _verdict_text(r),
+                r.get("metric"),
                 r.get("candidate"),
                 reference,
                 _fmt(r.get("ratio")),
                 f"[{_fmt(low)}, {_fmt(high)}]" if low is not None else "–",
                 r.get("threshold"),
+                _scope_text(r),
                 r.get("reason"),
             ]
         )
-    headers = ["id", "verdict", "candidate", "reference", "ratio", "95% CI", "pass if", "reason"]
-    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True, maxcolwidths=[*[None] * 7, 60])
+    headers = ["id", "verdict", "metric", "candidate", "reference", "ratio", "95% CI", "pass if", "scope", "reason"]
+    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True, maxcolwidths=[*[None] * 9, 60])
 
 
 # --------------------------------------------------------------------------- summaries
 
 
 def _arm_order(study: Mapping[str, Any], df: pd.DataFrame) -> list[str]:
-    matrix = study.get("matrix") or {}
-    arms = [str(a) for a in study.get("arms") or list(matrix.get("arms") or {})]
+    listed = study.get("arms")
+    if not isinstance(listed, list) or not listed:
+        listed = list(_mapping(_mapping(study.get("matrix")).get("arms")))
+    arms = [str(a) for a in listed]
     return arms + [a for a in dict.fromkeys(df["arm"].astype(str)) if a not in arms]
 
 
@@ -179,7 +228,7 @@ def _interval(
 # --------------------------------------------------------------------------- plot
 
 
-def _plot(
+def _comparison_figure(
     arms: list[str],
     df: pd.DataFrame,
     metric: str,
@@ -187,8 +236,14 @@ def _plot(
     per_step: Mapping[str, np.ndarray],
     persistence_steps: Mapping[str, np.ndarray],
     n_boot: int,
-) -> bytes:
-    """The comparison figure as PNG bytes: study metric per arm (left), nRMSE per rollout step (right)."""
+    baselines: Collection[str] = (),
+    step_metric: str = "nrmse_rollout",
+) -> Any:
+    """The comparison figure (a matplotlib Figure): study metric per arm (left), `step_metric` per step (right).
+
+    A baseline arm is drawn apart: a grey hatched bar with a dotted line at its value (left), a grey
+    dash-dotted curve beside persistence's (right).
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -203,24 +258,31 @@ def _plot(
             continue
         mean, low, high = interval
         error = [[mean - low], [high - mean]] if math.isfinite(low) else None
-        left.bar(i, mean, color=colors[i], yerr=error, capsize=5)
+        if arm in baselines:
+            left.bar(i, mean, yerr=error, capsize=5, **BASELINE_BAR)
+            left.axhline(mean, color="0.35", linestyle=":", label=f"{_label(arm, baselines)}: {_fmt(mean)}")
+        else:
+            left.bar(i, mean, color=colors[i], yerr=error, capsize=5)
         shown.append(i)
-    left.set_xticks(range(len(arms)), arms, rotation=20, ha="right")
+    left.set_xticks(range(len(arms)), [_label(arm, baselines) for arm in arms], rotation=20, ha="right")
     persistence = _persistence_metric(metric, df)
     if persistence is not None:
         values = np.asarray(df.loc[df["status"] == "finished", persistence], dtype=np.float64)
         values = values[np.isfinite(values)]
         if len(values):
             left.axhline(values.mean(), color="k", linestyle="--", label=f"persistence ({persistence})")
-            left.legend(loc="best")
+    if left.get_legend_handles_labels()[0]:
+        left.legend(loc="best")
     left.set_ylabel(metric)
     left.set_title(f"{metric} per arm (bootstrap 95% CI)" if shown else f"{metric}: no finished arm")
 
     plotted = False
-    for i, arm in enumerate(arms):
+    ordered = [a for a in arms if a not in baselines] + [a for a in arms if a in baselines]  # baselines last
+    for arm in ordered:
         if arm in per_step and per_step[arm].size:
             curve = np.nanmean(per_step[arm], axis=0)  # (steps,)
-            right.plot(np.arange(1, len(curve) + 1), curve, color=colors[i], label=arm)
+            style = BASELINE_CURVE if arm in baselines else {"color": colors[arms.index(arm)]}
+            right.plot(np.arange(1, len(curve) + 1), curve, label=_label(arm, baselines), **style)
             plotted = True
     if persistence_steps:
         stacked = [np.nanmean(a, axis=0) for a in persistence_steps.values() if a.size]
@@ -231,11 +293,15 @@ def _plot(
     if plotted:
         right.set_yscale("log")
         right.legend(loc="best", fontsize="small")
-        right.set_title("nRMSE per rollout step")
+        right.set_title(f"{step_metric} per rollout step")
     else:
         right.set_title("no per-step data")
     right.set_xlabel("rollout step")
     right.set_ylabel("nRMSE")
+    return fig
+
+
+def _png(fig: Any) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
@@ -244,17 +310,27 @@ def _plot(
 # --------------------------------------------------------------------------- markdown
 
 
-def _arms_section(arms: list[str], df: pd.DataFrame, arm_cfgs: Mapping[str, Any], seeds: list[int]) -> list[str]:
+def _arms_section(
+    arms: list[str], df: pd.DataFrame, arm_cfgs: Mapping[str, Any], seeds: list[int], baselines: Collection[str] = ()
+) -> list[str]:
+    families = {arm: _config_value(df, arm, "family") for arm in arms}
+    other_families = any(family not in ("–", "upt") for family in families.values())
     rows = []
     for arm in arms:
         rows_arm = df[df["arm"] == arm]
         done = len(_finished(df, arm))
         planned = len(seeds) or len(rows_arm)
-        description = (arm_cfgs.get(arm) or {}).get("description", "")
+        description = _mapping(arm_cfgs.get(arm)).get("description", "")
+        family = families[arm]
+        if family == "fno":
+            sizes = ", ".join(f"{key} {_config_value(df, arm, f'fno_{key}')}" for key in ("modes", "width", "layers"))
+            family = f"fno ({sizes})"
+        latent = family in ("–", "upt")  # the UPT columns say nothing about another family's model
         rows.append(
             [
-                arm,
-                *[_config_value(df, arm, key) for key in ARCH_COLUMNS],
+                _label(arm, baselines),
+                *([family] if other_families else []),
+                *[_config_value(df, arm, key) if latent else "–" for key in ARCH_COLUMNS],
                 _fmt_int(_finished(df, arm)["params"].mean()) if done else "–",
                 _fmt(_finished(df, arm)["flops_per_sample"].mean(), 3)
                 if done and "flops_per_sample" in df.columns
@@ -263,8 +339,58 @@ def _arms_section(arms: list[str], df: pd.DataFrame, arm_cfgs: Mapping[str, Any]
                 description,
             ]
         )
-    headers = ["arm", *ARCH_COLUMNS, "params", "FLOPs/sample", "finished", "description"]
+    headers = ["arm", *(["family"] if other_families else []), *ARCH_COLUMNS, "params", "FLOPs/sample", "finished",
+               "description"]
     return ["## Arms", "", _table(rows, headers), ""]
+
+
+def _ttc_against_chance(
+    arm: str, df: pd.DataFrame, ttc_arrays: Mapping[str, Mapping[str, np.ndarray]], n_boot: int
+) -> tuple[float, float, float] | None:
+    """TTC's rollout nRMSE below its random control in % with a paired bootstrap interval, or None."""
+    ttc, rnd = (ttc_arrays.get(m, {}).get(arm) for m in ("nrmse_ttc", "nrmse_ttc_random"))
+    if ttc is not None and rnd is not None and ttc.shape == rnd.shape and np.all(np.isfinite(ttc) & np.isfinite(rnd)):
+        if float(rnd.mean()) > 0:
+            ratio, low, high = paired_bootstrap_ratio(ttc, rnd, n_boot=n_boot)
+            return (1 - ratio) * 100, (1 - high) * 100, (1 - low) * 100
+    values = np.asarray(_finished(df, arm).get("ttc_vs_random_pct", pd.Series(dtype=float)), dtype=np.float64)
+    values = values[np.isfinite(values)]
+    return (float(values.mean()), math.nan, math.nan) if len(values) else None
+
+
+def _findings(arm: str, df: pd.DataFrame, ttc_arrays: Mapping[str, Mapping[str, np.ndarray]], n_boot: int) -> list[str]:
+    """What the corrector and TTC did for one arm, in words."""
+    fin = _finished(df, arm)
+
+    def mean(column: str) -> float | None:
+        values = np.asarray(fin[column], dtype=np.float64) if column in fin.columns else np.array([])
+        values = values[np.isfinite(values)]
+        return float(values.mean()) if len(values) else None
+
+    out = []
+    val_corrected, val_alone = mean("val_nrmse_one_step_corrected"), mean("val_nrmse_one_step_operator")
+    rollout, rollout_alone = mean("nrmse_rollout"), mean("nrmse_rollout_operator")
+    corrected = mean("nrmse_rollout_corrector_sample") is not None or mean("nrmse_ttc") is not None
+    if rollout is not None and rollout_alone is not None and corrected:
+        parts = []
+        if val_corrected is not None and val_alone is not None:
+            parts.append(f"validation one-step nRMSE {_fmt(val_corrected)} with it vs {_fmt(val_alone)} without")
+        parts.append(f"test rollout nRMSE {_fmt(rollout)} with it vs {_fmt(rollout_alone)} without")
+        hurts = [name for name, a, b in (("one-step", val_corrected, val_alone), ("rollout", rollout, rollout_alone))
+                 if a is not None and b is not None and not a < b]
+        verdict = (f"the corrector does not help ({' and '.join(hurts)} error not lower with it)" if hurts
+                   else "the corrector lowers the error")
+        out.append(f"- {arm}: {verdict}: {'; '.join(parts)}.")
+    gain = _ttc_against_chance(arm, df, ttc_arrays, n_boot)
+    if gain is not None:
+        pct, low, high = gain
+        interval = f" (95% CI [{_fmt(low, 3)}, {_fmt(high, 3)}] %)" if math.isfinite(low) else " (no interval)"
+        if pct >= TTC_GAIN_BAR and math.isfinite(low) and low > 0:
+            out.append(f"- {arm}: TTC's rollout nRMSE is {_fmt(pct, 3)}% below its random-choice control{interval}.")
+        else:
+            out.append(f"- {arm}: TTC gave no gain: its rollout nRMSE is {_fmt(pct, 3)}% below its random-choice "
+                       f"control{interval}; a gain needs {TTC_GAIN_BAR:g}% or more with the interval above 0.")
+    return out
 
 
 def _metrics_section(
@@ -274,45 +400,100 @@ def _metrics_section(
     arm_cfgs: Mapping[str, Any],
     n_boot: int,
     per_traj: Mapping[str, np.ndarray],
+    ttc_arrays: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    baselines: Collection[str] = (),
 ) -> list[str]:
     note = f"Study metric: `{metric}`. Values are means over finished seeds (± std across seeds)."
     lines = ["## Metrics", "", note, ""]
     error_cols = [m for m in ERROR_METRICS if m in df.columns]
+    baseline, baseline_value = _baseline_value(arms, df, baselines)
     rows = []
     for arm in arms:
         fin = _finished(df, arm)
         interval = _interval(arm, per_traj, df, metric, n_boot)
         ci = f"[{_fmt(interval[1])}, {_fmt(interval[2])}]" if interval and math.isfinite(interval[1]) else "–"
-        reference = ((arm_cfgs.get(arm) or {}).get("reference_values") or {}).get(metric)
-        rows.append([arm, *[_mean_std(fin[m]) for m in error_cols], ci, _fmt(reference)])
+        reference = _mapping(_mapping(arm_cfgs.get(arm)).get("reference_values")).get(metric)
+        row = [_label(arm, baselines), *[_mean_std(fin[m]) for m in error_cols], ci, _fmt(reference)]
+        if baseline is not None:
+            row.append(_fmt(_finished_mean(fin, BASELINE_METRIC) / baseline_value))
+        rows.append(row)
     headers = ["arm", *error_cols, f"{metric} 95% CI", f"{metric} reference (earlier phase)"]
-    lines += ["### Errors (persistence, TTC and its random-choice control beside the model)", ""]
+    if baseline is not None:
+        headers.append("vs baseline")
+    lines += ["### Errors (the operator alone, with its corrector, and persistence)", ""]
     lines += [_table(rows, headers), ""]
-    listed = {*ERROR_METRICS, "params", "flops_per_sample", "gpu_hours"}
+    lines += ["`*_operator`: the operator alone; `nrmse_one_step` / `nrmse_rollout`: operator + the mean of the "
+              "corrector's samples, fresh noise at every step; `*_corrector_sample`: one fresh corrector sample "
+              "per step.", ""]
+    if baseline is not None:
+        lines += [f"`vs baseline`: the arm's `{BASELINE_METRIC}` / that of the baseline arm {baseline} "
+                  f"({_fmt(baseline_value)}); below 1: a lower error than the baseline.", ""]
+    ttc_cols = [m for m in (*TTC_COLUMNS, *CORRECTOR_COLUMNS) if m in df.columns]
+    if ttc_cols:
+        rows = [[_label(arm, baselines), *[_mean_std(_finished(df, arm)[m]) for m in ttc_cols]] for arm in arms]
+        lines += ["### Corrector and test-time compute", "", _table(rows, ["arm", *ttc_cols]), ""]
+        lines += ["`ttc_vs_random_pct`: how far TTC's rollout nRMSE lies below its random-choice control (the same "
+                  "candidates, one picked at random per sample), in %; `ttc_improvement_pct`: below the operator "
+                  "alone (`nrmse_rollout_operator`), in %. `val_*`: one-step nRMSE on the validation split, "
+                  "measured at the end of the diffusion stage.", ""]
+    findings = [line for arm in arms for line in _findings(arm, df, ttc_arrays or {}, n_boot)]
+    if findings:
+        lines += ["Findings:", "", *findings, ""]
+    listed = {*ERROR_METRICS, *TTC_COLUMNS, *CORRECTOR_COLUMNS, "params", "flops_per_sample", "gpu_hours"}
     physics_cols = [m for m in PHYSICS_METRICS if m in df.columns]
     physics_cols += sorted(m for m in _metric_columns(df) if m not in listed and m not in physics_cols)
-    rows = [[arm, *[_mean_std(_finished(df, arm)[m]) for m in physics_cols]] for arm in arms]
+    rows = [[_label(arm, baselines), *[_mean_std(_finished(df, arm)[m]) for m in physics_cols]] for arm in arms]
     lines += ["### Physics and training", "", _table(rows, ["arm", *physics_cols]), ""]
     return lines
 
 
-def _references_section(arms: list[str], df: pd.DataFrame, arm_cfgs: Mapping[str, Any]) -> list[str]:
+def _finished_mean(fin: pd.DataFrame, column: str) -> float:
+    """Mean of a column's finite values over finished trials, NaN when there are none."""
+    values = np.asarray(fin[column], dtype=np.float64) if column in fin.columns else np.array([])
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else math.nan
+
+
+def _baseline_value(arms: list[str], df: pd.DataFrame, baselines: Collection[str]) -> tuple[str | None, float]:
+    """The first baseline arm with a positive finished `BASELINE_METRIC`, and that value; (None, NaN) if none."""
+    for arm in arms:
+        if arm in baselines:
+            value = _finished_mean(_finished(df, arm), BASELINE_METRIC)
+            if value > 0:
+                return arm, value
+    return None, math.nan
+
+
+def _references_section(
+    arms: list[str], df: pd.DataFrame, arm_cfgs: Mapping[str, Any], baselines: Collection[str] = ()
+) -> list[str]:
     rows = []
     for arm in arms:
-        for name, reference in ((arm_cfgs.get(arm) or {}).get("reference_values") or {}).items():
-            fin = _finished(df, arm)
-            measured = np.asarray(fin[name], dtype=np.float64) if name in fin.columns else np.array([])
-            measured = measured[np.isfinite(measured)]
-            value = float(measured.mean()) if len(measured) else math.nan
-            ratio = value / reference if len(measured) and reference else math.nan
-            rows.append([arm, name, _fmt(reference), _fmt(value), _fmt(ratio)])
+        for name, reference in _mapping(_mapping(arm_cfgs.get(arm)).get("reference_values")).items():
+            value = _finished_mean(_finished(df, arm), name)
+            number = _finite_number(reference)
+            ratio = value / number if number else math.nan
+            rows.append([_label(arm, baselines), name, _fmt(reference), _fmt(value), _fmt(ratio)])
     if not rows:
         return []
     headers = ["arm", "metric", "reference value (earlier phase)", "measured here", "measured / reference"]
     return ["### Reference values of earlier phases", "", _table(rows, headers), ""]
 
 
-def _milestones_section(results: list[dict[str, Any]], checks: list[list[dict[str, Any]]]) -> list[str]:
+def _finite_number(value: Any) -> float:
+    """A finite float, or NaN for anything else (booleans included)."""
+    if isinstance(value, bool):
+        return math.nan
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return number if math.isfinite(number) else math.nan
+
+
+def _milestones_section(
+    results: list[dict[str, Any]], checks: list[list[dict[str, Any]]], baselines: Collection[str] = ()
+) -> list[str]:
     lines = ["## Milestones", "", "✅ passed, ❌ failed, – not checked or not applicable.", ""]
     if not results:
         return [*lines, "No trials yet.", ""]
@@ -320,7 +501,8 @@ def _milestones_section(results: list[dict[str, Any]], checks: list[list[dict[st
     failures = []
     for r, trial_checks in zip(results, checks, strict=True):
         by_name = {c["name"]: c for c in trial_checks}
-        rows.append([f"{r['arm']} seed {r['seed']}", *[MARKS[by_name[n]["passed"]] for n in MILESTONES]])
+        rows.append([f"{_label(str(r['arm']), baselines)} seed {r['seed']}",
+                     *[MARKS[by_name[n]["passed"]] for n in MILESTONES]])
         trial = f"{r['arm']} seed {r['seed']}"
         failures += [f"- {trial}, {c['name']}: {c['detail']}" for c in trial_checks if c["passed"] is False]
     lines += [_table(rows, ["trial", *MILESTONES]), ""]
@@ -341,54 +523,73 @@ def _hypotheses_section(hypotheses: list[dict[str, Any]]) -> list[str]:
     rows = []
     for h in hypotheses:
         low, high = h["ci"]
-        reference = h["reference"] if h["reference_kind"] == "arm" else "fixed value"
+        reference = h["reference"] if h["reference_kind"] == "arm" else f"fixed value {_fmt(h['reference_value'])}"
         rows.append(
             [
                 h["id"],
                 h["description"],
+                f"`{h['metric']}`",
                 h["candidate"],
                 reference,
-                h["reference_kind"],
-                _fmt(h["candidate_value"]),
-                _fmt(h["reference_value"]),
                 _fmt(h["ratio"]),
                 f"[{_fmt(low)}, {_fmt(high)}]" if low is not None else "–",
                 h["threshold"],
-                f"{h['n_trajectories']} / {h['n_seeds']}",
-                f"**{h['verdict']}**",
+                _scope_text(h),
+                _fmt(h.get("params_ratio"), 3),
+                _fmt(h.get("flops_ratio"), 3),
+                _other_ratio_text(h),
+                _verdict_text(h, bold=True),
             ]
         )
     headers = [
         "id",
         "hypothesis",
+        "metric",
         "candidate",
         "reference",
-        "reference is",
-        "candidate value",
-        "reference value",
         "ratio",
         "95% CI",
         "pass if",
-        "trajectories / seeds",
+        "scope (seeds × test trajectories)",
+        "params ratio",
+        "FLOPs ratio",
+        "ratio on the other rollout metric",
         "verdict",
     ]
     lines += [_table(rows, headers), ""]
-    lines += [f"- {h['id']} ({h['metric']}, {h['test']}): {h['reason']}" for h in hypotheses]
+    lines += [
+        f"- {h['id']} ({h['metric']}, {h['test']}; candidate {_fmt(h['candidate_value'])}, reference "
+        f"{_fmt(h['reference_value'])}; {h.get('interval') or 'no interval'}): {h['reason']}"
+        for h in hypotheses
+    ]
     lines += [
         "",
-        "Ratio = candidate / reference of the mean metric; the interval is a paired bootstrap over test "
-        "trajectories (and seeds when there are several). PASS needs the whole interval on the right side of "
-        "the threshold, FAIL the whole interval on the wrong side; anything else is INCONCLUSIVE.",
+        "Ratio = candidate / reference of the metric's mean over seeds and test trajectories; params, FLOPs "
+        "and the other rollout metric (operator + corrector `nrmse_rollout` beside the operator's own "
+        "`nrmse_rollout_operator`) are the same ratio of the arms' means, shown without an interval. "
+        "With at least 2 seeds per arm the 95% CI is a t interval on the log ratio: its variance adds each "
+        "arm's between-seed variance of its per-seed means and the variance of the paired per-trajectory "
+        "differences (less the seed × trajectory noise already counted), and its degrees of freedom are "
+        "Welch–Satterthwaite's. It is meant to cover the ratio of the expected metric over training seeds "
+        "and over test trajectories from the same distribution; with 2–3 seeds it has few degrees of "
+        "freedom and is wide; with 2 seeds it tends to cover somewhat more often than 95%, and somewhat "
+        "less when one arm's seeds vary far more than the other's. Against a fixed reference value the "
+        "number carries no uncertainty: the candidate's seed and trajectory parts are each scaled by their "
+        "own t quantile and added in quadrature (conservative). "
+        "A verdict marked *single seed* compares one trained model per arm: its interval is a paired "
+        "bootstrap over the test trajectories only, says nothing about seed-to-seed variation, and "
+        "another training seed may change it. PASS needs the whole interval on the right side of the "
+        "threshold, FAIL the whole interval on the wrong side; anything else is INCONCLUSIVE.",
         "",
     ]
     return lines
 
 
-def _cost_section(results: list[dict[str, Any]], arms: list[str]) -> list[str]:
+def _cost_section(results: list[dict[str, Any]], arms: list[str], baselines: Collection[str] = ()) -> list[str]:
     cost = study_cost(results)
     rates = sorted({trial_cost(r)["cost_per_gpu_hour"] for r in results})
     rows = [
-        [arm, c["trials"], _fmt(c["gpu_hours"], 3), f"${c['usd']:.2f}"]
+        [_label(arm, baselines), c["trials"], _fmt(c["gpu_hours"], 3), f"${c['usd']:.2f}"]
         for arm in arms
         if (c := cost["per_arm"].get(arm))
     ]
@@ -481,11 +682,12 @@ def build_report(
     study = load_study(study_dir)
     results = load_results(study_dir)
     df = results_frame(results)
-    matrix = study.get("matrix") or {}
-    metric = matrix.get("metric") or "nrmse_rollout"
-    arm_cfgs = matrix.get("arms") or {}
+    matrix = _mapping(study.get("matrix"))
+    metric = matrix.get("metric") or DEFAULT_METRIC
+    arm_cfgs = _mapping(matrix.get("arms"))
     seeds = [int(s) for s in study.get("seeds") or []]
     arms = _arm_order(study, df)
+    baselines = [arm for arm in baseline_arms(study) if arm in arms]
     hypotheses_cfg = matrix.get("hypotheses") or []
 
     metrics_needed = {metric, *[h.get("metric") or metric for h in hypotheses_cfg]}
@@ -516,20 +718,24 @@ def build_report(
     lines = [
         *header,
         *_hypotheses_section(hypotheses),
-        *_arms_section(arms, df, arm_cfgs, seeds),
-        *_metrics_section(arms, df, metric, arm_cfgs, n_boot, per_traj[metric]),
-        *_references_section(arms, df, arm_cfgs),
+        *_arms_section(arms, df, arm_cfgs, seeds, baselines),
+        *_metrics_section(arms, df, metric, arm_cfgs, n_boot, per_traj[metric],
+                          {m: stack_arrays(results, PER_TRAJECTORY_FILE, m) for m in TTC_COLUMNS[:2]}, baselines),
+        *_references_section(arms, df, arm_cfgs, baselines),
         "![architecture comparison](architecture_comparison.png)",
         "",
-        *_milestones_section(results, checks),
-        *_cost_section(results, arms),
+        *_milestones_section(results, checks, baselines),
+        *_cost_section(results, arms, baselines),
         *_wandb_section(results),
         *_recoveries_section(results),
         *_failures_section(results, arms, seeds),
     ]
-    per_step = stack_arrays(results, PER_STEP_FILE, "nrmse_rollout")
-    persistence_steps = stack_arrays(results, PER_STEP_FILE, "nrmse_persistence")
-    png = _plot(arms, df, metric, per_traj[metric], per_step, persistence_steps, n_boot)
+    step_metric = metric if stack_arrays(results, PER_STEP_FILE, metric) else "nrmse_rollout"  # rollout metrics only
+    per_step = stack_arrays(results, PER_STEP_FILE, step_metric)
+    persistence_steps = next((found for name in PER_STEP_PERSISTENCE
+                              if (found := stack_arrays(results, PER_STEP_FILE, name))), {})
+    png = _png(_comparison_figure(arms, df, metric, per_traj[metric], per_step, persistence_steps, n_boot, baselines,
+                                 step_metric))
     return {
         "frame": df,
         "hypotheses": hypotheses,
