@@ -517,10 +517,6 @@ def validate_run(cfg: RunConfig, file: str, errors: list[UserError], check_paths
     _positive(errors, file, cfg.diffusion, "diffusion", "noise_steps sigma_min hidden layers")
     if isinstance(cfg.diffusion.sigma_min, float) and not 0 < cfg.diffusion.sigma_min < 1:
         errors.append(UserError(f"must be in (0, 1), got {cfg.diffusion.sigma_min}", file, "diffusion.sigma_min"))
-    if cfg.diffusion.residuals == "held_out" and d.path is None and isinstance(d.generate.samples, int):
-        if isinstance(d.splits, list) and len(d.splits) == 3 and math.floor(d.splits[1] * d.generate.samples) < 2:
-            errors.append(UserError("held_out needs at least 2 validation trajectories (data.splits x samples)",
-                                    file, "diffusion.residuals"))
     if cfg.diffusion.residual_trajectories is not None:
         _positive(errors, file, cfg.diffusion, "diffusion", "residual_trajectories")
     _positive(errors, file, cfg.diffusion, "diffusion", "rollout_max_nrmse")

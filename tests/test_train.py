@@ -13,7 +13,7 @@ from raysim.train.context import LocalStageContext
 from raysim.train.stages import load_stage_model, run_diffusion_stage, run_operator_stage
 
 TINY = {
-    "data": {"generate": {"samples": 20, "nx": 256, "nt": 21, "t_end": 1.0}, "x_stride": 4, "t_stride": 2},
+    "data": {"generate": {"samples": 10, "nx": 256, "nt": 21, "t_end": 1.0}, "x_stride": 4, "t_stride": 2},
     "model": {"tokens": 16, "latent_dim": 16, "heads": 2, "group_size": 8, "depth": 1, "fourier_features": 4},
     "operator": {"epochs": 2, "batch_size": 8, "max_steps_per_epoch": 3, "final_loss_threshold": 1.0},
     "diffusion": {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 2, "hidden": 8, "layers": 1},
@@ -138,7 +138,7 @@ def test_corrector_residuals_come_from_states_the_operator_did_not_train_on(tiny
     from raysim.train.corrector_data import build_residual_pairs, load_split
     from raysim.train.stages import residual_std
 
-    cfg = tiny()
+    cfg = tiny(data={"generate": {"samples": 20}})  # 2 validation trajectories
     op = LocalStageContext(tmp_path / "op")
     run_operator_stage(cfg, op)
     operator, data = load_stage_model(op.checkpoint_dir), prepare_data(cfg)
@@ -157,6 +157,13 @@ def test_corrector_residuals_come_from_states_the_operator_did_not_train_on(tiny
     assert torch.equal(held_train.inputs, held_train.truth[:, :-1])
     train_trajectories, _ = load_split(cfg, data, "train", None)
     assert not any(torch.equal(t, v) for t in train_trajectories for v in val_trajectories)
+    one = tiny()  # a single validation trajectory: the first half of its steps trains, the second validates
+    one_data = prepare_data(one)
+    assert len(one_data.splits["val"]) == 1
+    first = build_residual_pairs(operator, one, one_data, "train", "held_out", torch.device("cpu"))
+    second = build_residual_pairs(operator, one, one_data, "val", "held_out", torch.device("cpu"))
+    assert len(first) and len(second) and int(first.keep.max()) < int(second.keep.min())
+    assert len(first) + len(second) == first.steps
     diff = LocalStageContext(tmp_path / "diff")
     run_diffusion_stage(cfg, op.checkpoint_dir, diff)
     assert cfg.diffusion.residuals == "held_out"

@@ -140,16 +140,23 @@ def build_residual_pairs(
 
     "rollout" and "teacher_forced" use the study split of that name (its first `residual_trajectories`).
     "held_out" uses teacher-forced residuals on the validation trajectories only, which the operator never
-    trained on: the first half of them trains the corrector, the second half validates it.
+    trained on: the first half of them trains the corrector, the second half validates it (with a single
+    validation trajectory, the first and second half of its steps).
     """
     mode = "teacher_forced" if residuals == "held_out" else residuals
     if residuals == "held_out":
         held_out = data.splits["val"]
-        if len(held_out) < 2:
+        if len(held_out) == 0:
             from raysim.errors import UserError
 
-            raise UserError(f"held_out needs at least 2 validation trajectories, the data has {len(held_out)}",
-                            field="diffusion.residuals")
+            raise UserError("held_out needs validation trajectories, the split has none", field="diffusion.residuals")
+        if len(held_out) == 1:  # one trajectory: its first half of steps trains, the second half validates
+            truth, dt = load_indices(cfg, data, held_out)
+            pairs = operator_pairs(operator, truth, data.x, data.nu, dt, "teacher_forced", device,
+                                   cfg.evaluation.batch_size, cfg.diffusion.rollout_max_nrmse)
+            half = pairs.steps // 2
+            pairs.keep = pairs.keep[pairs.keep < half] if split == "train" else pairs.keep[pairs.keep >= half]
+            return pairs
         half = len(held_out) // 2
         indices = held_out[:half] if split == "train" else held_out[half:]
         truth, dt = load_indices(cfg, data, indices[: cfg.diffusion.residual_trajectories])
