@@ -158,3 +158,16 @@ def test_decoder_point_features_see_the_local_input():
     db = model.decoder(z, x, None, None, b)
     changed = (da - db).abs()[0] > 0
     assert changed[8:13].all() and not changed[20:].any()  # the stencil reaches two points either side
+
+
+def test_sweep_script_refuses_an_unknown_arm_in_one_line():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "sweep_operator.py"), str(root / "ablations" /
+                           "phase3.yaml"), "--arm", "no-such-arm"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--arm" in lines[0] and "no-such-arm" in lines[0] and "Traceback" not in proc.stderr
