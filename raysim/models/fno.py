@@ -6,12 +6,13 @@ from typing import Any
 
 import torch
 from neuralop.models import FNO
-from torch import Tensor, nn
+from torch import Tensor
 
 from raysim.models.layers import fourier_features, log_scalars, periodic_length
+from raysim.models.operator import PhysicalStep
 
 
-class FNOOperator(nn.Module):
+class FNOOperator(PhysicalStep):
     """u (B, X), x (X,), nu (B,), dt (B,) -> u at t + dt (B, X), physical units in and out.
 
     The same normalisation buffers and residual form as LatentOperator: out = u + delta_std * fno(channels).
@@ -39,17 +40,6 @@ class FNOOperator(nn.Module):
         with torch.no_grad():  # start close to persistence: small outputs in the residual form
             last.weight.mul_(0.1)
             last.bias.zero_()
-        self.register_buffer("u_mean", torch.tensor(0.0))
-        self.register_buffer("u_std", torch.tensor(1.0))
-        self.register_buffer("delta_std", torch.tensor(1.0))
-        self.config = None
-
-    def set_normalization(self, mean: float, std: float, delta_std: float | None = None) -> None:
-        """Set u's normalisation statistics and the scale of one step's change (from the training split)."""
-        assert std > 0, f"std must be positive, got {std}"
-        self.u_mean.fill_(float(mean))
-        self.u_std.fill_(float(std))
-        self.delta_std.fill_(float(delta_std if delta_std is not None else std))
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Tensors only: neuraloperator's FNO adds its constructor arguments under the key '_metadata'; dropped."""

@@ -8,7 +8,26 @@ from torch import Tensor, nn
 from raysim.models.layers import periodic_length, token_centres
 
 
-class LatentOperator(nn.Module):
+class PhysicalStep(nn.Module):
+    """What every operator shares: u's normalisation (u_mean, u_std), the scale of one step's change
+    (delta_std), all in the state_dict, and `config`, set by build.py so checkpoints can rebuild the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("u_mean", torch.tensor(0.0))
+        self.register_buffer("u_std", torch.tensor(1.0))
+        self.register_buffer("delta_std", torch.tensor(1.0))
+        self.config = None
+
+    def set_normalization(self, mean: float, std: float, delta_std: float | None = None) -> None:
+        """Set u's normalisation statistics and the scale of one step's change (from the training split)."""
+        assert std > 0, f"std must be positive, got {std}"
+        self.u_mean.fill_(float(mean))
+        self.u_std.fill_(float(std))
+        self.delta_std.fill_(float(delta_std if delta_std is not None else std))
+
+
+class LatentOperator(PhysicalStep):
     """u (B, X), x (X,), nu (B,), dt (B,) -> u at t + dt (B, X), physical units in and out.
 
     Works on normalised values internally, (u - u_mean) / u_std, and predicts in
@@ -21,17 +40,6 @@ class LatentOperator(nn.Module):
     def __init__(self, encoder: nn.Module, processor: nn.Module, decoder: nn.Module):
         super().__init__()
         self.encoder, self.processor, self.decoder = encoder, processor, decoder
-        self.register_buffer("u_mean", torch.tensor(0.0))
-        self.register_buffer("u_std", torch.tensor(1.0))
-        self.register_buffer("delta_std", torch.tensor(1.0))
-        self.config = None
-
-    def set_normalization(self, mean: float, std: float, delta_std: float | None = None) -> None:
-        """Set u's normalisation statistics and the scale of one step's change (from the training split)."""
-        assert std > 0, f"std must be positive, got {std}"
-        self.u_mean.fill_(float(mean))
-        self.u_std.fill_(float(std))
-        self.delta_std.fill_(float(delta_std if delta_std is not None else std))
 
     def forward(self, u: Tensor, x: Tensor, nu: Tensor, dt: Tensor) -> Tensor:
         assert u.ndim == 2, f"u must be (B, X), got {tuple(u.shape)}"
