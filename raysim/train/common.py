@@ -78,6 +78,19 @@ def prepare_data(cfg: RunConfig) -> StudyData:
                      step_std=float(norm.step_std), x=x, dx=dx, nu=float(nu))
 
 
+def load_trajectories(cfg: RunConfig, data: StudyData, indices: Any, horizon: int | None = None
+                      ) -> tuple[torch.Tensor, float]:
+    """The strided trajectories at file `indices` from frame 0 (over `horizon` steps; None: all), (N, T, X)
+    float32, and their true dt."""
+    from raysim.data.dataset import RolloutDataset
+
+    dataset = RolloutDataset(data.path, indices, cfg.data.x_stride, cfg.data.t_stride, horizon=horizon)
+    try:
+        return torch.stack([dataset[i]["u"] for i in range(len(dataset))]), float(dataset.dt)
+    finally:
+        dataset.close()
+
+
 # ----------------------------------------------------------------------------- device, seeds
 
 

@@ -7,6 +7,8 @@ of a split, and keeps the pairs (u, pred = operator(u), target = the true next f
   state and the residual target - pred holds the error the operator makes, and carries, along a rollout:
   the states the corrector meets at test time.
 - "teacher_forced": u is the true frame (the operator's in-sample residuals on the training split).
+- "held_out" (the default): teacher-forced on the validation trajectories, which the operator never
+  trained on; half of them train the corrector, the other half validate it.
 
 A split of N trajectories of T frames on X points holds two float32 arrays of N T X values (the truth and
 the operator's inputs or predictions): 128 trajectories x 41 frames x 256 points is 11 MB.
@@ -25,7 +27,7 @@ from raysim.config import RunConfig
 from raysim.eval.metrics import nrmse_per_sample
 from raysim.eval.rollout import rollout
 from raysim.models.diffusion import predict_nothing_loss
-from raysim.train.common import StudyData
+from raysim.train.common import StudyData, load_trajectories
 
 Residuals = Literal["rollout", "teacher_forced"]
 METRIC_PAIRS = 128  # pairs per split on which the per-epoch corrector metrics are measured (cost: 3k denoiser calls)
@@ -88,18 +90,7 @@ def rollout_keep(inputs: Tensor, truth: Tensor, max_nrmse: float) -> Tensor:
 
 def load_split(cfg: RunConfig, data: StudyData, split: str, limit: int | None) -> tuple[Tensor, float]:
     """The first `limit` (None: all) strided trajectories of a split, (N, T, X) float32, and their dt."""
-    return load_indices(cfg, data, data.splits[split][:limit] if limit else data.splits[split])
-
-
-def load_indices(cfg: RunConfig, data: StudyData, indices) -> tuple[Tensor, float]:
-    """The strided trajectories at file `indices`, (N, T, X) float32, and their dt."""
-    from raysim.data.dataset import RolloutDataset
-
-    dataset = RolloutDataset(data.path, indices, cfg.data.x_stride, cfg.data.t_stride)
-    try:
-        return torch.stack([dataset[i]["u"] for i in range(len(dataset))]), float(dataset.dt)
-    finally:
-        dataset.close()
+    return load_trajectories(cfg, data, data.splits[split][:limit] if limit else data.splits[split])
 
 
 @torch.no_grad()
@@ -151,7 +142,7 @@ def build_residual_pairs(
 
             raise UserError("held_out needs validation trajectories, the split has none", field="diffusion.residuals")
         if len(held_out) == 1:  # one trajectory: its first half of steps trains, the second half validates
-            truth, dt = load_indices(cfg, data, held_out)
+            truth, dt = load_trajectories(cfg, data, held_out)
             pairs = operator_pairs(operator, truth, data.x, data.nu, dt, "teacher_forced", device,
                                    cfg.evaluation.batch_size, cfg.diffusion.rollout_max_nrmse)
             half = pairs.steps // 2
@@ -159,7 +150,7 @@ def build_residual_pairs(
             return pairs
         half = len(held_out) // 2
         indices = held_out[:half] if split == "train" else held_out[half:]
-        truth, dt = load_indices(cfg, data, indices[: cfg.diffusion.residual_trajectories])
+        truth, dt = load_trajectories(cfg, data, indices[: cfg.diffusion.residual_trajectories])
     else:
         truth, dt = load_split(cfg, data, split, cfg.diffusion.residual_trajectories)
     return operator_pairs(operator, truth, data.x, data.nu, dt, mode, device, cfg.evaluation.batch_size,

@@ -10,19 +10,16 @@ import torch
 
 from raysim.config import RunConfig
 from raysim.models.build import count_params, flops_per_sample
-from raysim.train.common import load_checkpoint, prepare_data, seed_everything, select_device
+from raysim.train.common import load_checkpoint, load_trajectories, prepare_data, seed_everything, select_device
 from raysim.train.stages import load_stage_model
 
 
 def load_test_trajectories(cfg: RunConfig, data) -> tuple[torch.Tensor, float]:
     """The strided test trajectories (N, T, X), capped at `evaluation.max_trajectories`, and their true dt."""
-    from raysim.data.dataset import RolloutDataset
-
     indices = data.splits["test"]
     if cfg.evaluation.max_trajectories:
         indices = indices[: cfg.evaluation.max_trajectories]
-    dataset = RolloutDataset(data.path, indices, cfg.data.x_stride, cfg.data.t_stride, horizon=cfg.evaluation.horizon)
-    return torch.stack([dataset[i]["u"] for i in range(len(dataset))]), float(dataset.dt)
+    return load_trajectories(cfg, data, indices, horizon=cfg.evaluation.horizon)
 
 
 def make_reward(cfg: RunConfig):

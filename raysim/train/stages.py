@@ -130,9 +130,9 @@ def residual_std(pairs) -> float:
 def run_diffusion_stage(cfg: RunConfig, operator_checkpoint: str | Path, ctx: Any) -> None:
     """Train the diffusion residual corrector on the frozen operator's out-of-sample residuals.
 
-    The pairs (`diffusion.residuals`, by default the operator's own rollout of each trajectory) are built
-    once, here, under no_grad; r_std comes from the training pairs; each epoch logs the loss per noise
-    level and the validation one-step nRMSE with and without the corrector (`corrector_metrics`).
+    The pairs (`diffusion.residuals`, by default teacher-forced on validation trajectories the operator never
+    trained on) are built once, here, under no_grad; r_std comes from the training pairs; each epoch logs the
+    loss per noise level and the validation one-step nRMSE with and without the corrector (`corrector_metrics`).
     """
     from raysim.train.corrector_data import (
         METRIC_PAIRS,
